@@ -1,0 +1,59 @@
+# memefly: `make run` serves the gateway on the embedded backend, `make test` runs the tests.
+# Both create the virtual environment from nothing on first use.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MODEL_NAME ?= memefly
+MODEL_BASE_PATH ?= models
+MODEL_DIR := $(MODEL_BASE_PATH)/$(MODEL_NAME)
+PRESET ?= slice
+HOST ?= 127.0.0.1
+PORT ?= 8000
+GRPC_PORT ?= 8500
+
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export MEMEFLY_MODEL_NAME := $(MODEL_NAME)
+export MEMEFLY_MODEL_BASE_PATH := $(abspath $(MODEL_BASE_PATH))
+
+.PHONY: venv model run serve-local run-two-tier test lint format clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[embedded,serving,train,dev]'
+	touch $@
+
+venv: $(STAMP)
+
+# Builds the model only when no version exists yet.
+model: $(STAMP)
+	@if ls $(MODEL_DIR)/*/saved_model.pb >/dev/null 2>&1; then \
+		echo "model present: $$(ls -d $(MODEL_DIR)/*/ | tail -n 1)"; \
+	else \
+		$(BIN)/memefly build-model --preset $(PRESET) --model-base-path $(MODEL_BASE_PATH); \
+	fi
+
+run: model
+	$(BIN)/memefly serve --backend embedded --host $(HOST) --port $(PORT)
+
+# The local stand-in for tensorflow_model_server (see README); with Docker, use docker compose instead.
+serve-local: model
+	$(BIN)/python -m serving --port $(GRPC_PORT) --model_name $(MODEL_NAME) --model_base_path $(MODEL_DIR)
+
+run-two-tier: model
+	@$(BIN)/python -m serving --port $(GRPC_PORT) --model_name $(MODEL_NAME) --model_base_path $(MODEL_DIR) & \
+	serving=$$!; trap "kill $$serving 2>/dev/null" EXIT INT TERM; \
+	MEMEFLY_TFSERVING_TARGET=127.0.0.1:$(GRPC_PORT) $(BIN)/memefly serve --backend tfserving --host $(HOST) --port $(PORT)
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Model, data, training and SavedModel export (the model tier's build side)."""

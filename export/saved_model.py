@@ -1,0 +1,86 @@
+"""Wrap a trained encoder and decoder in the contract's signatures and write a versioned SavedModel.
+
+The directory layout is TF Serving's: `<base>/<model_name>/<version>/saved_model.pb`, written to a
+temporary sibling first and renamed, so a server polling the base path never sees half a model.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import tensorflow as tf
+
+from export.model import GruDecoder, ImageEncoder
+from export.tokenizer import Tokenizer
+from memefly.contract import DECODE_STEP, ENCODE, METADATA, PAD, START, UNK, ModelContract, SignatureSpec
+
+_DTYPES = {"string": tf.string, "int32": tf.int32, "float32": tf.float32}
+
+
+def input_signature(spec: SignatureSpec) -> list[tf.TensorSpec]:
+    return [tf.TensorSpec(t.shape, _DTYPES[t.dtype], name=t.name) for t in spec.inputs]
+
+
+class CaptionModule(tf.Module):
+    """The exported model. Each signature takes and returns exactly the contract's tensors."""
+
+    def __init__(
+        self, encoder: ImageEncoder, decoder: GruDecoder, tokenizer: Tokenizer, contract: ModelContract
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.tokenizer = tokenizer
+        self.contract_json = tf.constant(contract.to_json())
+        # Tokens a caption may never contain; masked before top-k so they are never proposed.
+        banned = [contract.special_tokens[t] for t in (PAD, START, UNK)]
+        self.banned_mask = tf.constant([-1e9 if i in banned else 0.0 for i in range(contract.vocab_size)], tf.float32)
+        self.encode = tf.function(self._encode, input_signature=input_signature(contract.encode))
+        self.decode_step = tf.function(self._decode_step, input_signature=input_signature(contract.decode_step))
+        self.metadata = tf.function(self._metadata, input_signature=[])
+
+    def _encode(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"context": self.encoder(image_bytes)}
+
+    def _decode_step(
+        self, tokens: tf.Tensor, state: tf.Tensor, context: tf.Tensor, context_index: tf.Tensor, k: tf.Tensor
+    ) -> dict[str, tf.Tensor]:
+        logits, new_state = self.decoder.step(tokens, state, tf.gather(context, context_index))
+        log_probs = tf.nn.log_softmax(logits + self.banned_mask)
+        k = tf.clip_by_value(k, 1, tf.shape(log_probs)[-1])
+        top = tf.math.top_k(log_probs, k=k)
+        return {"top_log_probs": top.values, "top_ids": tf.cast(top.indices, tf.int32), "state": new_state}
+
+    def _metadata(self) -> dict[str, tf.Tensor]:
+        return {"vocabulary": self.tokenizer.vocabulary(), "contract": self.contract_json}
+
+
+def next_version(model_dir: Path) -> int:
+    versions = [int(p.name) for p in model_dir.glob("*") if p.name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def export_saved_model(module: CaptionModule, model_dir: Path, version: int | None = None) -> Path:
+    """Write `module` as `<model_dir>/<version>/`; returns that directory."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    version = next_version(model_dir) if version is None else version
+    target = model_dir / str(version)
+    if target.exists():
+        raise FileExistsError(f"{target} exists; versions are immutable, pick a new one")
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir))
+    try:
+        tf.saved_model.save(
+            module,
+            str(staging),
+            signatures={
+                ENCODE: module.encode,
+                DECODE_STEP: module.decode_step,
+                METADATA: module.metadata,
+            },
+        )
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

@@ -1,0 +1,175 @@
+"""Train the caption decoder on the meme data set and export it as a versioned SavedModel.
+
+Template images are encoded once by the frozen encoder (the same in-graph preprocessing the `encode`
+signature runs), captions are tokenized by the exported tokenizer, and the decoder is fitted with
+Keras' progress bars, early stopping on validation loss and a fixed seed.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from export.data import Caption, MemeTemplate, iter_captions, load_templates, split_by_template
+from export.model import ModelConfig, build_decoder, build_encoder
+from export.saved_model import CaptionModule, export_saved_model
+from export.tokenizer import Tokenizer, build_vocabulary, caption_text, write_vocabulary
+from memefly.contract import END, SPECIAL_TOKENS, START, ModelContract
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    validation_fraction: float = 0.05
+    patience: int = 2
+    max_templates: int | None = None
+    """Keep only the templates with the most captions (a slice for quick builds)."""
+    max_captions_per_template: int | None = None
+    verbose: int = 2
+
+
+PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
+    # Seconds on a 2-core CPU: for tests.
+    "tiny": (
+        ModelConfig(encoder="tiny_cnn", vocab_size=400, min_count=2, max_length=16, embed_dim=32, state_size=64),
+        TrainConfig(epochs=3, max_templates=8, max_captions_per_template=150, verbose=0),
+    ),
+    # A couple of minutes: the end-to-end slice's default model until the full model is trained.
+    "slice": (
+        ModelConfig(encoder="efficientnet_lite0", vocab_size=4000, max_length=24),
+        TrainConfig(epochs=6, max_captions_per_template=250),
+    ),
+}
+
+
+@dataclass
+class TrainResult:
+    module: CaptionModule
+    contract: ModelContract
+    history: dict[str, list[float]]
+
+
+def select_captions(
+    captions: list[Caption], templates: list[MemeTemplate], config: TrainConfig
+) -> tuple[list[MemeTemplate], list[Caption]]:
+    by_template: dict[str, list[Caption]] = defaultdict(list)
+    for caption in captions:
+        by_template[caption.template].append(caption)
+    kept = [t for t in templates if by_template.get(t.id)]
+    kept.sort(key=lambda t: -len(by_template[t.id]))
+    if config.max_templates is not None:
+        kept = kept[: config.max_templates]
+    selected = [c for t in kept for c in by_template[t.id][: config.max_captions_per_template]]
+    return kept, selected
+
+
+def encode_templates(encoder, templates: list[MemeTemplate], batch_size: int = 16) -> np.ndarray:
+    rows = []
+    for start in range(0, len(templates), batch_size):
+        batch = [t.image_path.read_bytes() for t in templates[start : start + batch_size]]
+        rows.append(encoder(tf.constant(batch)).numpy())
+    return np.concatenate(rows)
+
+
+def make_sequences(tokenizer: Tokenizer, captions: list[Caption], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Teacher-forcing pairs: inputs `<start> w1..wn`, targets `w1..wn <end>`, zero-padded."""
+    ids, lengths = tokenizer(tf.constant([caption_text(c.boxes) for c in captions]))
+    ids, lengths = ids.numpy(), lengths.numpy()
+    inputs = np.zeros((len(captions), max_length), np.int32)
+    targets = np.zeros((len(captions), max_length), np.int32)
+    inputs[:, 0] = SPECIAL_TOKENS.index(START)
+    width = min(ids.shape[1], max_length - 1)
+    inputs[:, 1 : width + 1] = ids[:, :width]
+    targets[:, :width] = ids[:, :width]
+    targets[np.arange(len(captions)), np.minimum(lengths, max_length - 1)] = SPECIAL_TOKENS.index(END)
+    return inputs, targets
+
+
+def _dataset(
+    template_rows: np.ndarray,
+    inputs: np.ndarray,
+    targets: np.ndarray,
+    contexts: np.ndarray,
+    batch_size: int,
+    shuffle_seed: int | None,
+) -> tf.data.Dataset:
+    contexts = tf.constant(contexts)
+    ds = tf.data.Dataset.from_tensor_slices((template_rows, inputs, targets))
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(inputs), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return (
+        ds.batch(batch_size)
+        .map(lambda row, x, y: ((x, tf.gather(contexts, row)), y), num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def train(model_config: ModelConfig, train_config: TrainConfig, data_folder: Path, work_dir: Path) -> TrainResult:
+    keras.utils.set_random_seed(model_config.seed)
+    templates, captions = select_captions(list(iter_captions(data_folder)), load_templates(data_folder), train_config)
+    train_captions, validation_captions = split_by_template(
+        captions, train_config.validation_fraction, model_config.seed
+    )
+    vocabulary = build_vocabulary(
+        [caption_text(c.boxes) for c in train_captions], model_config.vocab_size, model_config.min_count
+    )
+    work_dir.mkdir(parents=True, exist_ok=True)
+    vocabulary_file = work_dir / "vocabulary.txt"
+    write_vocabulary(vocabulary, str(vocabulary_file))
+    tokenizer = Tokenizer(str(vocabulary_file), max_length=model_config.max_length - 1)
+
+    encoder = build_encoder(model_config)
+    contexts = encode_templates(encoder, templates)
+    row_of = {t.id: i for i, t in enumerate(templates)}
+    decoder = build_decoder(model_config, len(vocabulary), encoder.context_shape)
+    decoder.compile(
+        optimizer=keras.optimizers.Adam(train_config.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
+    )
+
+    def dataset(part: list[Caption], shuffle_seed: int | None) -> tf.data.Dataset:
+        inputs, targets = make_sequences(tokenizer, part, model_config.max_length)
+        rows = np.array([row_of[c.template] for c in part], np.int32)
+        return _dataset(rows, inputs, targets, contexts, train_config.batch_size, shuffle_seed)
+
+    fit = decoder.fit(
+        dataset(train_captions, model_config.seed),
+        validation_data=dataset(validation_captions, None),
+        epochs=train_config.epochs,
+        callbacks=[
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=train_config.patience, restore_best_weights=True)
+        ],
+        verbose=train_config.verbose,
+    )
+    history = {name: [float(v) for v in values] for name, values in fit.history.items()}
+    history["val_perplexity"] = [math.exp(v) for v in history.get("val_loss", [])]
+    contract = ModelContract(
+        model_name=model_config.model_name,
+        decoder=model_config.decoder,
+        encoder=model_config.encoder,
+        vocab_size=len(vocabulary),
+        max_length=model_config.max_length,
+        image_size=encoder.image_size,
+        state_size=model_config.state_size,
+        context_shape=encoder.context_shape,
+    )
+    return TrainResult(CaptionModule(encoder, decoder, tokenizer, contract), contract, history)
+
+
+def build_model(preset: str, data_folder: Path, model_base_path: Path, version: int | None = None, **overrides) -> Path:
+    """Train a preset and export it under `<model_base_path>/<model_name>/<version>/`."""
+    model_config, train_config = PRESETS[preset]
+    model_config = replace(model_config, **{k: v for k, v in overrides.items() if hasattr(model_config, k)})
+    train_config = replace(train_config, **{k: v for k, v in overrides.items() if hasattr(train_config, k)})
+    with tempfile.TemporaryDirectory(prefix="memefly-train-") as work_dir:
+        result = train(model_config, train_config, data_folder, Path(work_dir))
+        return export_saved_model(result.module, model_base_path / model_config.model_name, version)

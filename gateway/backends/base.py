@@ -1,0 +1,46 @@
+"""What the gateway needs of the model tier, whatever carries the calls."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+import numpy as np
+
+from memefly.contract import ModelContract
+
+
+class ModelUnavailableError(RuntimeError):
+    """The model tier could not answer (down, starting, timed out); the request may be retried."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Read from the model's own `metadata` signature, never from a file beside it."""
+
+    name: str
+    version: int
+    vocabulary: tuple[str, ...]
+    contract: ModelContract
+
+
+class DecodeStepResult(NamedTuple):
+    top_log_probs: np.ndarray
+    top_ids: np.ndarray
+    state: np.ndarray
+
+
+class ModelBackend(Protocol):
+    name: str
+
+    def load_metadata(self) -> ModelInfo:
+        """Read vocabulary and contract; pins the version every later call uses."""
+        ...
+
+    def encode(self, image_bytes: list[bytes]) -> np.ndarray: ...
+
+    def decode_step(
+        self, tokens: np.ndarray, state: np.ndarray, context: np.ndarray, context_index: np.ndarray, k: int
+    ) -> DecodeStepResult: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,60 @@
+"""The SavedModel loaded in-process: the same signatures TF Serving runs, without the network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from gateway.backends.base import DecodeStepResult, ModelInfo, ModelUnavailableError
+from memefly.contract import DECODE_STEP, ENCODE, METADATA, ModelContract
+
+
+def latest_version(model_dir: Path) -> int:
+    versions = [int(p.name) for p in model_dir.glob("*") if p.name.isdigit() and (p / "saved_model.pb").is_file()]
+    if not versions:
+        raise ModelUnavailableError(
+            f"no SavedModel version under {model_dir} (expected {model_dir}/<n>/saved_model.pb)"
+        )
+    return max(versions)
+
+
+class EmbeddedBackend:
+    name = "embedded"
+
+    def __init__(self, model_base_path: Path, model_name: str) -> None:
+        self.model_dir = Path(model_base_path) / model_name
+        self.model_name = model_name
+        self.version = latest_version(self.model_dir)
+        self._loaded = tf.saved_model.load(str(self.model_dir / str(self.version)))
+        self._encode = self._loaded.signatures[ENCODE]
+        self._decode_step = self._loaded.signatures[DECODE_STEP]
+        self._metadata = self._loaded.signatures[METADATA]
+
+    def load_metadata(self) -> ModelInfo:
+        outputs = self._metadata()
+        vocabulary = tuple(word.decode("utf-8") for word in outputs["vocabulary"].numpy())
+        contract = ModelContract.from_json(outputs["contract"].numpy())
+        return ModelInfo(self.model_name, self.version, vocabulary, contract)
+
+    def encode(self, image_bytes: list[bytes]) -> np.ndarray:
+        try:
+            return self._encode(image_bytes=tf.constant(image_bytes, tf.string))["context"].numpy()
+        except tf.errors.InvalidArgumentError as error:
+            raise ValueError(f"the model could not decode the image: {error.message}") from error
+
+    def decode_step(
+        self, tokens: np.ndarray, state: np.ndarray, context: np.ndarray, context_index: np.ndarray, k: int
+    ) -> DecodeStepResult:
+        outputs = self._decode_step(
+            tokens=tf.constant(tokens, tf.int32),
+            state=tf.constant(state, tf.float32),
+            context=tf.constant(context, tf.float32),
+            context_index=tf.constant(context_index, tf.int32),
+            k=tf.constant(k, tf.int32),
+        )
+        return DecodeStepResult(outputs["top_log_probs"].numpy(), outputs["top_ids"].numpy(), outputs["state"].numpy())
+
+    def close(self) -> None:
+        self._loaded = None

@@ -1,0 +1,102 @@
+"""TF Serving's gRPC PredictionService: the real tensorflow_model_server, or the local stand-in."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+import numpy as np
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from gateway.backends.base import DecodeStepResult, ModelInfo, ModelUnavailableError
+from gateway.tensors import array_to_proto, proto_to_array, strings_to_proto
+from memefly.contract import DECODE_STEP, ENCODE, METADATA, ModelContract
+
+# Predict is idempotent, so a call that found the server unavailable is retried by grpc itself,
+# bounded and with backoff; every other failure reaches the caller at once.
+_SERVICE_CONFIG = {
+    "methodConfig": [
+        {
+            "name": [{"service": "tensorflow.serving.PredictionService"}],
+            "retryPolicy": {
+                "maxAttempts": 3,
+                "initialBackoff": "0.05s",
+                "maxBackoff": "0.5s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ]
+}
+_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class TfServingBackend:
+    name = "tfserving"
+
+    def __init__(self, target: str, model_name: str, timeout_seconds: float) -> None:
+        self.target = target
+        self.model_name = model_name
+        self.timeout_seconds = timeout_seconds
+        self.version: int | None = None
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+                ("grpc.enable_retries", 1),
+                ("grpc.service_config", json.dumps(_SERVICE_CONFIG)),
+            ],
+        )
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+
+    def _predict(self, signature: str, inputs: dict) -> predict_pb2.PredictResponse:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = self.model_name
+        request.model_spec.signature_name = signature
+        if self.version is not None:
+            request.model_spec.version.value = self.version
+        for name, proto in inputs.items():
+            request.inputs[name].CopyFrom(proto)
+        try:
+            return self._stub.Predict(request, timeout=self.timeout_seconds)
+        except grpc.RpcError as error:
+            code, details = error.code(), error.details()
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                raise ValueError(f"the model rejected the input: {details}") from error
+            raise ModelUnavailableError(f"TF Serving at {self.target}: {code.name}: {details}") from error
+
+    def load_metadata(self) -> ModelInfo:
+        self.version = None
+        response = self._predict(METADATA, {})
+        vocabulary = tuple(word.decode("utf-8") for word in proto_to_array(response.outputs["vocabulary"]))
+        contract = ModelContract.from_json(proto_to_array(response.outputs["contract"]).item())
+        self.version = response.model_spec.version.value
+        return ModelInfo(self.model_name, self.version, vocabulary, contract)
+
+    def encode(self, image_bytes: list[bytes]) -> np.ndarray:
+        response = self._predict(ENCODE, {"image_bytes": strings_to_proto(image_bytes)})
+        return proto_to_array(response.outputs["context"])
+
+    def decode_step(
+        self, tokens: np.ndarray, state: np.ndarray, context: np.ndarray, context_index: np.ndarray, k: int
+    ) -> DecodeStepResult:
+        response = self._predict(
+            DECODE_STEP,
+            {
+                "tokens": array_to_proto(np.asarray(tokens, np.int32)),
+                "state": array_to_proto(np.asarray(state, np.float32)),
+                "context": array_to_proto(np.asarray(context, np.float32)),
+                "context_index": array_to_proto(np.asarray(context_index, np.int32)),
+                "k": array_to_proto(np.int32(k)),
+            },
+        )
+        outputs = response.outputs
+        return DecodeStepResult(
+            proto_to_array(outputs["top_log_probs"]),
+            proto_to_array(outputs["top_ids"]),
+            proto_to_array(outputs["state"]),
+        )
+
+    def close(self) -> None:
+        self._channel.close()

@@ -1,0 +1,137 @@
+"""The contract between the model tier and the gateway, written once and read by both.
+
+Signature names, tensor names, dtypes and shapes of the exported SavedModel, the special tokens, and
+the JSON document the `metadata` signature returns. Nothing here imports TensorFlow: the gateway reads
+the same names without it, the export maps the dtype names to `tf.DType`s.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+ENCODE = "encode"
+DECODE_STEP = "decode_step"
+METADATA = "metadata"
+
+PAD, START, END, UNK, SEP = "<pad>", "<start>", "<end>", "<unk>", "<sep>"
+SPECIAL_TOKENS = (PAD, START, END, UNK, SEP)
+"""Ids 0..4 in every vocabulary, in this order. `<sep>` separates a caption's text boxes."""
+
+BOX_SEPARATOR_TEXT = "\n"
+"""How boxes are separated in caption text given to the tokenizer: one line a box."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named tensor of a signature. `shape` uses None for a free dimension; `()` is a scalar."""
+
+    name: str
+    dtype: str  # "string", "int32" or "float32"
+    shape: tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class SignatureSpec:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def input(self, name: str) -> TensorSpec:
+        return next(spec for spec in self.inputs if spec.name == name)
+
+    def output(self, name: str) -> TensorSpec:
+        return next(spec for spec in self.outputs if spec.name == name)
+
+
+def encode_signature(context_shape: tuple[int, ...]) -> SignatureSpec:
+    """`image_bytes` (JPEG/PNG bytes, decoded and resized in-graph) → `context`."""
+    return SignatureSpec(
+        ENCODE,
+        inputs=(TensorSpec("image_bytes", "string", (None,)),),
+        outputs=(TensorSpec("context", "float32", (None, *context_shape)),),
+    )
+
+
+def decode_step_signature(context_shape: tuple[int, ...], state_size: int) -> SignatureSpec:
+    """One step for N beams of R requests.
+
+    `context_index[i]` is the row of `context` beam i belongs to, gathered in-graph, so a request's
+    context crosses the wire once per step rather than once per beam. Top-k is taken in-graph, so no
+    full-vocabulary logits cross the wire.
+    """
+    return SignatureSpec(
+        DECODE_STEP,
+        inputs=(
+            TensorSpec("tokens", "int32", (None,)),
+            TensorSpec("state", "float32", (None, state_size)),
+            TensorSpec("context", "float32", (None, *context_shape)),
+            TensorSpec("context_index", "int32", (None,)),
+            TensorSpec("k", "int32", ()),
+        ),
+        outputs=(
+            TensorSpec("top_log_probs", "float32", (None, None)),
+            TensorSpec("top_ids", "int32", (None, None)),
+            TensorSpec("state", "float32", (None, state_size)),
+        ),
+    )
+
+
+METADATA_SIGNATURE = SignatureSpec(
+    METADATA,
+    inputs=(),
+    outputs=(TensorSpec("vocabulary", "string", (None,)), TensorSpec("contract", "string", ())),
+)
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    """What a client must know about one exported model; served as JSON by the `metadata` signature."""
+
+    model_name: str
+    decoder: str
+    encoder: str
+    vocab_size: int
+    max_length: int
+    image_size: int
+    state_size: int
+    context_shape: tuple[int, ...]
+    special_tokens: dict[str, int] = field(default_factory=lambda: {token: i for i, token in enumerate(SPECIAL_TOKENS)})
+
+    @property
+    def pad_id(self) -> int:
+        return self.special_tokens[PAD]
+
+    @property
+    def start_id(self) -> int:
+        return self.special_tokens[START]
+
+    @property
+    def end_id(self) -> int:
+        return self.special_tokens[END]
+
+    @property
+    def sep_id(self) -> int:
+        return self.special_tokens[SEP]
+
+    @property
+    def encode(self) -> SignatureSpec:
+        return encode_signature(self.context_shape)
+
+    @property
+    def decode_step(self) -> SignatureSpec:
+        return decode_step_signature(self.context_shape, self.state_size)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ModelContract:
+        fields = json.loads(text)
+        fields["context_shape"] = tuple(fields["context_shape"])
+        return cls(**fields)
+
+
+def signatures(contract: ModelContract) -> tuple[SignatureSpec, ...]:
+    """Every signature a model of this contract exports."""
+    return (contract.encode, contract.decode_step, METADATA_SIGNATURE)

@@ -1,0 +1,66 @@
+"""Shared fixtures: a tiny model trained in seconds on real captions, and real photos."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import MODEL_NAME, free_port, photo_jpeg, wait_for_model_status
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def chelsea_jpeg() -> bytes:
+    return photo_jpeg("chelsea")
+
+
+@pytest.fixture(scope="session")
+def data_folder() -> Path:
+    from export.data import data_dir
+
+    return data_dir()
+
+
+@pytest.fixture(scope="session")
+def model_base_path(tmp_path_factory: pytest.TempPathFactory, data_folder: Path) -> Path:
+    """`<base>/memefly/1/`: the tiny preset, trained and exported through the real export code."""
+    from export.train import build_model
+
+    base = tmp_path_factory.mktemp("models")
+    build_model("tiny", data_folder, base, version=1)
+    return base
+
+
+@pytest.fixture(scope="session")
+def serving_target(model_base_path: Path) -> Iterator[str]:
+    """The local serving tier, as a subprocess on a free port, serving the tiny model."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "serving",
+            "--port",
+            str(port),
+            "--model_name",
+            MODEL_NAME,
+            "--model_base_path",
+            str(model_base_path / MODEL_NAME),
+        ],
+    )
+    target = f"127.0.0.1:{port}"
+    try:
+        wait_for_model_status(target, MODEL_NAME, process)
+        yield target
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -1,0 +1,45 @@
+"""Helpers the tests share: real photos, free ports, waiting for the serving tier."""
+
+from __future__ import annotations
+
+import io
+import socket
+import subprocess
+import time
+
+MODEL_NAME = "memefly"
+
+
+def photo_jpeg(name: str = "chelsea") -> bytes:
+    from PIL import Image
+    from skimage import data
+
+    buffer = io.BytesIO()
+    Image.fromarray(getattr(data, name)()).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_model_status(target: str, model_name: str, process: subprocess.Popen, timeout: float = 90.0) -> None:
+    import grpc
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"serving tier exited with {process.returncode}")
+            request = get_model_status_pb2.GetModelStatusRequest()
+            request.model_spec.name = model_name
+            try:
+                stub.GetModelStatus(request, timeout=2)
+                return
+            except grpc.RpcError:
+                time.sleep(0.3)
+    raise TimeoutError(f"serving tier at {target} not ready after {timeout} s")

@@ -1,0 +1,110 @@
+"""Beam search on its own, against a small Markov 'model' whose best captions can be enumerated."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from gateway.search import BeamSearch, SearchSettings
+
+START, END, SEP = 1, 2, 4
+WORDS = [5, 6, 7]
+VOCAB = 8
+
+
+def markov_table(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(VOCAB, VOCAB)) * 2
+    logits[:, [0, START, 3]] = -1e9  # never proposed, as the exported model masks them
+    return logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+
+
+def run(search: BeamSearch, table: np.ndarray) -> int:
+    calls = 0
+    while not search.done:
+        log_probs = table[search.tokens]
+        k = search.settings.k
+        ids = np.argsort(-log_probs, axis=1, kind="stable")[:, :k].astype(np.int32)
+        search.advance(np.take_along_axis(log_probs, ids, axis=1), ids, search.state + 1)
+        calls += 1
+        assert search.num_live <= search.settings.beam_width
+    return calls
+
+
+def valid(sequence: tuple[int, ...]) -> bool:
+    """Boxes hold words: no separator first, last or twice in a row."""
+    return (
+        bool(sequence)
+        and sequence[0] != SEP
+        and sequence[-1] != SEP
+        and (SEP, SEP) not in zip(sequence, sequence[1:], strict=False)
+    )
+
+
+def exhaustive_best(table: np.ndarray, max_length: int, length_penalty: float) -> tuple[int, ...]:
+    best, best_score = (), -np.inf
+    for length in range(1, max_length + 1):
+        for sequence in itertools.product([*WORDS, SEP], repeat=length):
+            if not valid(sequence):
+                continue
+            tokens = (START, *sequence)
+            log_prob = sum(table[a, b] for a, b in zip(tokens, tokens[1:], strict=False))
+            ended = length < max_length
+            if ended:
+                log_prob += table[sequence[-1], END]
+            score = log_prob / (length + ended) ** length_penalty
+            if score > best_score:
+                best, best_score = sequence, score
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
+def test_wide_beam_finds_the_exhaustive_best(seed: int, length_penalty: float) -> None:
+    table = markov_table(seed)
+    settings = SearchSettings(beam_width=64, n_best=3, max_length=4, length_penalty=length_penalty)
+    search = BeamSearch(settings, START, END, SEP, state_size=2)
+    run(search, table)
+    assert search.results()[0].ids == exhaustive_best(table, 4, length_penalty)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_results_are_sorted_distinct_valid_and_at_most_n_best(seed: int) -> None:
+    settings = SearchSettings(beam_width=3, n_best=3, max_length=6)
+    search = BeamSearch(settings, START, END, SEP, state_size=2)
+    calls = run(search, markov_table(seed))
+    results = search.results()
+    assert 1 <= len(results) <= 3
+    assert [h.score for h in results] == sorted((h.score for h in results), reverse=True)
+    assert len({h.ids for h in results}) == len(results)
+    assert all(valid(h.ids) and END not in h.ids for h in results)
+    assert calls <= settings.max_length
+
+
+def test_max_length_bounds_captions_and_steps() -> None:
+    table = markov_table(0)
+    table[:, END] = -1e9  # a model that never ends on its own
+    settings = SearchSettings(beam_width=2, n_best=2, max_length=5)
+    search = BeamSearch(settings, START, END, SEP, state_size=2)
+    assert run(search, table) == 5
+    assert all(len(h.ids) == 5 for h in search.results())
+
+
+def test_state_follows_its_beam() -> None:
+    settings = SearchSettings(beam_width=2, n_best=1, max_length=3)
+    search = BeamSearch(settings, START, END, SEP, state_size=1)
+    ids = np.array([[5, 6, 7, 2]], np.int32)
+    search.advance(np.log([[0.4, 0.3, 0.2, 0.1]]), ids, np.array([[10.0]]))
+    assert search.tokens.tolist() == [5, 6]
+    ids = np.array([[7, 5, 6, 2], [5, 6, 7, 2]], np.int32)
+    state = np.array([[20.0], [30.0]])
+    search.advance(np.log([[0.1, 0.1, 0.1, 0.1], [0.9, 0.05, 0.03, 0.02]]), ids, state)
+    assert search.sequences.tolist()[0] == [6, 5]
+    assert search.state[0].tolist() == [30.0]
+
+
+def test_n_best_cannot_exceed_beam_width() -> None:
+    with pytest.raises(ValueError):
+        SearchSettings(beam_width=2, n_best=3)
