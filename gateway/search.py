@@ -20,6 +20,8 @@ class SearchSettings:
     max_length: int = 24
     length_penalty: float = 1.0
     """Scores are log P / length ** length_penalty: 0 favours short captions, larger favours long."""
+    no_repeat_ngram_size: int = 3
+    """No n-gram of this size appears twice in a caption (0 turns the rule off)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.n_best <= self.beam_width:
@@ -59,13 +61,39 @@ class BeamSearch:
 
     @property
     def done(self) -> bool:
-        return self.num_live == 0 or len(self.finished) >= self.settings.beam_width
+        """No live beam left, or none that could still beat the n best finished captions."""
+        if self.num_live == 0:
+            return True
+        if len(self.finished) < self.settings.n_best:
+            return False
+        nth_best = sorted((h.score for h in self.finished), reverse=True)[self.settings.n_best - 1]
+        # Log-probabilities only fall as a caption grows, so a live beam's best possible score is its
+        # current log-probability spread over the longest length it may reach.
+        best_possible = self.log_probs.max() / self.settings.max_length**self.settings.length_penalty
+        return best_possible <= nth_best
 
     def _score(self, log_prob: float, length: int) -> float:
         return log_prob / max(length, 1) ** self.settings.length_penalty
 
     def _finish(self, ids: np.ndarray, log_prob: float, length: int) -> None:
         self.finished.append(Hypothesis(tuple(int(i) for i in ids), log_prob, self._score(log_prob, length)))
+
+    def _repeats_ngram(self, ids: np.ndarray) -> np.ndarray:
+        """[live, k] mask of candidates that would complete an n-gram the beam already holds."""
+        n = self.settings.no_repeat_ngram_size
+        repeats = np.zeros(ids.shape, bool)
+        length = self.sequences.shape[1]
+        if n <= 0 or length < n:
+            return repeats
+        for beam, sequence in enumerate(self.sequences):
+            if n == 1:
+                seen = set(sequence.tolist())
+            else:
+                windows = np.lib.stride_tricks.sliding_window_view(sequence, n)
+                prefix = sequence[length - n + 1 :]
+                seen = set(windows[(windows[:, :-1] == prefix).all(axis=1), -1].tolist())
+            repeats[beam] = np.isin(ids[beam], list(seen))
+        return repeats
 
     def advance(self, top_log_probs: np.ndarray, top_ids: np.ndarray, state: np.ndarray) -> None:
         """Take one `decode_step` result ([live, k] log-probs and ids, [live, S] state)."""
@@ -79,6 +107,7 @@ class BeamSearch:
         boundary = (ids == self.end_id) | (ids == self.sep_id)
         last_step = self.steps + 1 >= self.settings.max_length
         banned = (boundary & ~after_word) | ((ids == self.sep_id) & last_step)
+        banned |= self._repeats_ngram(ids.reshape(-1, k)).reshape(-1)
         candidates = np.where(banned, -np.inf, candidates)
         ranked = np.argsort(-candidates, kind="stable")[: 2 * width]
         ranked = ranked[np.isfinite(candidates[ranked])]

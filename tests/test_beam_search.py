@@ -108,3 +108,20 @@ def test_state_follows_its_beam() -> None:
 def test_n_best_cannot_exceed_beam_width() -> None:
     with pytest.raises(ValueError):
         SearchSettings(beam_width=2, n_best=3)
+
+
+def test_no_ngram_repeats_within_a_caption() -> None:
+    table = np.full((VOCAB, VOCAB), -1e9)
+    table[START, 5] = table[5, 6] = table[6, 5] = 0.0  # a model that only wants "5 6 5 6 5 6 ..."
+    table[:, 7] = table[:, END] = table[:, SEP] = -5.0
+    settings = SearchSettings(beam_width=2, n_best=2, max_length=8, no_repeat_ngram_size=2)
+    search = BeamSearch(settings, START, END, SEP, state_size=1)
+    run(search, table)
+    for hypothesis in search.results():
+        bigrams = list(zip(hypothesis.ids, hypothesis.ids[1:], strict=False))
+        assert len(bigrams) == len(set(bigrams)), hypothesis.ids
+    unrestricted = BeamSearch(
+        SearchSettings(beam_width=2, n_best=2, max_length=8, no_repeat_ngram_size=0), START, END, SEP, state_size=1
+    )
+    run(unrestricted, table)
+    assert unrestricted.results()[0].ids[:4] == (5, 6, 5, 6)
