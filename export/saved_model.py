@@ -14,7 +14,19 @@ import tensorflow as tf
 
 from export.model import GruDecoder, ImageEncoder
 from export.tokenizer import Tokenizer
-from memefly.contract import DECODE_STEP, ENCODE, METADATA, PAD, START, UNK, ModelContract, SignatureSpec
+from memefly.contract import (
+    DECODE_STEP,
+    ENCODE,
+    METADATA,
+    PAD,
+    SCORE,
+    START,
+    TOKENIZE,
+    TOKENIZE_SIGNATURE,
+    UNK,
+    ModelContract,
+    SignatureSpec,
+)
 
 _DTYPES = {"string": tf.string, "int32": tf.int32, "float32": tf.float32}
 
@@ -40,6 +52,10 @@ class CaptionModule(tf.Module):
         self.encode = tf.function(self._encode, input_signature=input_signature(contract.encode))
         self.decode_step = tf.function(self._decode_step, input_signature=input_signature(contract.decode_step))
         self.metadata = tf.function(self._metadata, input_signature=[])
+        self.tokenize = tf.function(self._tokenize, input_signature=input_signature(TOKENIZE_SIGNATURE))
+        self.score = tf.function(self._score, input_signature=input_signature(contract.score))
+        self.start_id = contract.start_id
+        self.end_id = contract.end_id
 
     def _encode(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         return {"context": self.encoder(image_bytes)}
@@ -52,6 +68,23 @@ class CaptionModule(tf.Module):
         k = tf.clip_by_value(k, 1, tf.shape(log_probs)[-1])
         top = tf.math.top_k(log_probs, k=k)
         return {"top_log_probs": top.values, "top_ids": tf.cast(top.indices, tf.int32), "state": new_state}
+
+    def _tokenize(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
+        ids, lengths = self.tokenizer(text)
+        return {"ids": ids, "lengths": lengths}
+
+    def _score(self, context: tf.Tensor, text: tf.Tensor) -> dict[str, tf.Tensor]:
+        ids, lengths = self.tokenizer(text)
+        rows = tf.shape(ids)[0]
+        inputs = tf.concat([tf.fill([rows, 1], self.start_id), ids], axis=1)
+        # Targets are the ids shifted left with `<end>` written just after each caption's last word.
+        targets = tf.concat([ids, tf.zeros([rows, 1], tf.int32)], axis=1)
+        end_positions = tf.one_hot(lengths, tf.shape(targets)[1], dtype=tf.int32)
+        targets += end_positions * self.end_id
+        log_probs = tf.nn.log_softmax(self.decoder((inputs, context), training=False) + self.banned_mask)
+        picked = tf.gather(log_probs, targets, batch_dims=2)
+        mask = tf.sequence_mask(lengths + 1, tf.shape(targets)[1], dtype=tf.float32)
+        return {"log_prob": tf.reduce_sum(picked * mask, axis=1), "num_tokens": lengths + 1}
 
     def _metadata(self) -> dict[str, tf.Tensor]:
         return {"vocabulary": self.tokenizer.vocabulary(), "contract": self.contract_json}
@@ -78,6 +111,8 @@ def export_saved_model(module: CaptionModule, model_dir: Path, version: int | No
                 ENCODE: module.encode,
                 DECODE_STEP: module.decode_step,
                 METADATA: module.metadata,
+                TOKENIZE: module.tokenize,
+                SCORE: module.score,
             },
         )
         staging.rename(target)

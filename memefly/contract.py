@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 ENCODE = "encode"
 DECODE_STEP = "decode_step"
 METADATA = "metadata"
+TOKENIZE = "tokenize"
+SCORE = "score"
 
 PAD, START, END, UNK, SEP = "<pad>", "<start>", "<end>", "<unk>", "<sep>"
 SPECIAL_TOKENS = (PAD, START, END, UNK, SEP)
@@ -77,6 +79,23 @@ def decode_step_signature(context_shape: tuple[int, ...], state_size: int) -> Si
     )
 
 
+TOKENIZE_SIGNATURE = SignatureSpec(
+    TOKENIZE,
+    inputs=(TensorSpec("text", "string", (None,)),),
+    outputs=(TensorSpec("ids", "int32", (None, None)), TensorSpec("lengths", "int32", (None,))),
+)
+"""Caption text (one line a box) → token ids padded with `<pad>`; no `<start>` or `<end>`."""
+
+
+def score_signature(context_shape: tuple[int, ...]) -> SignatureSpec:
+    """Teacher-forced log-probability of each caption given its context, `<end>` included."""
+    return SignatureSpec(
+        SCORE,
+        inputs=(TensorSpec("context", "float32", (None, *context_shape)), TensorSpec("text", "string", (None,))),
+        outputs=(TensorSpec("log_prob", "float32", (None,)), TensorSpec("num_tokens", "int32", (None,))),
+    )
+
+
 METADATA_SIGNATURE = SignatureSpec(
     METADATA,
     inputs=(),
@@ -122,6 +141,10 @@ class ModelContract:
     def decode_step(self) -> SignatureSpec:
         return decode_step_signature(self.context_shape, self.state_size)
 
+    @property
+    def score(self) -> SignatureSpec:
+        return score_signature(self.context_shape)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
@@ -134,4 +157,4 @@ class ModelContract:
 
 def signatures(contract: ModelContract) -> tuple[SignatureSpec, ...]:
     """Every signature a model of this contract exports."""
-    return (contract.encode, contract.decode_step, METADATA_SIGNATURE)
+    return (contract.encode, contract.decode_step, METADATA_SIGNATURE, TOKENIZE_SIGNATURE, contract.score)

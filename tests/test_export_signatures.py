@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from memefly.contract import DECODE_STEP, ENCODE, METADATA, SPECIAL_TOKENS, ModelContract, signatures
+from memefly.contract import DECODE_STEP, ENCODE, METADATA, SCORE, SPECIAL_TOKENS, TOKENIZE, ModelContract, signatures
 from tests.support import MODEL_NAME, photo_jpeg
 
 
@@ -31,7 +31,7 @@ def test_version_directory_is_what_tf_serving_loads(model_base_path: Path) -> No
 
 def test_signature_defs_match_the_contract(loaded, contract: ModelContract) -> None:
     dtypes = {"string": tf.string, "int32": tf.int32, "float32": tf.float32}
-    assert set(loaded.signatures) == {ENCODE, DECODE_STEP, METADATA}
+    assert set(loaded.signatures) == {spec.name for spec in signatures(contract)}
     for spec in signatures(contract):
         function = loaded.signatures[spec.name]
         _, input_specs = function.structured_input_signature
@@ -94,3 +94,37 @@ def test_decode_step_k_is_clipped_to_the_vocabulary(loaded, contract: ModelContr
     assert outputs["top_ids"].shape == (1, contract.vocab_size)
     probabilities = np.exp(outputs["top_log_probs"].numpy()[0])
     assert probabilities.sum() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_tokenize_signature_uses_the_models_vocabulary(loaded, contract: ModelContract) -> None:
+    vocabulary = [w.decode() for w in loaded.signatures[METADATA]()["vocabulary"].numpy()]
+    known = vocabulary[len(SPECIAL_TOKENS) : len(SPECIAL_TOKENS) + 3]
+    outputs = loaded.signatures[TOKENIZE](text=tf.constant([" ".join(known).upper() + "\nqwertyuiopzz", ""]))
+    ids = outputs["ids"].numpy()
+    assert outputs["lengths"].numpy().tolist() == [5, 0]
+    assert [vocabulary[i] for i in ids[0, :3]] == known
+    assert ids[0, 3:5].tolist() == [contract.sep_id, contract.special_tokens["<unk>"]]
+
+
+def test_score_equals_summed_decode_step_log_probs(loaded, contract: ModelContract, chelsea_jpeg: bytes) -> None:
+    """Teacher-forced `score` and the step-by-step `decode_step` (k = vocabulary) are one model."""
+    context = loaded.signatures[ENCODE](image_bytes=tf.constant([chelsea_jpeg]))["context"]
+    vocabulary = [w.decode() for w in loaded.signatures[METADATA]()["vocabulary"].numpy()]
+    text = f"{vocabulary[7]} {vocabulary[9]}\n{vocabulary[8]}"
+    ids = loaded.signatures[TOKENIZE](text=tf.constant([text]))["ids"].numpy()[0].tolist() + [contract.end_id]
+    state = tf.zeros([1, contract.state_size])
+    token, total = contract.start_id, 0.0
+    for target in ids:
+        step = loaded.signatures[DECODE_STEP](
+            tokens=tf.constant([token]),
+            state=state,
+            context=context,
+            context_index=tf.constant([0]),
+            k=tf.constant(contract.vocab_size),
+        )
+        row = dict(zip(step["top_ids"].numpy()[0].tolist(), step["top_log_probs"].numpy()[0].tolist(), strict=True))
+        total += row[target]
+        token, state = target, step["state"]
+    scored = loaded.signatures[SCORE](context=context, text=tf.constant([text]))
+    assert scored["num_tokens"].numpy().tolist() == [len(ids)]
+    assert scored["log_prob"].numpy()[0] == pytest.approx(total, abs=1e-3)
