@@ -12,7 +12,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from export.model import GruDecoder, ImageEncoder
+from export.model import GruDecoder, ImageEncoder, ModelConfig
 from export.tokenizer import Tokenizer
 from memefly.contract import (
     DECODE_STEP,
@@ -45,6 +45,7 @@ class CaptionModule(tf.Module):
         self.encoder = encoder
         self.decoder = decoder
         self.tokenizer = tokenizer
+        self.contract = contract
         self.contract_json = tf.constant(contract.to_json())
         # Tokens a caption may never contain; masked before top-k so they are never proposed.
         banned = [contract.special_tokens[t] for t in (PAD, START, UNK)]
@@ -88,6 +89,22 @@ class CaptionModule(tf.Module):
 
     def _metadata(self) -> dict[str, tf.Tensor]:
         return {"vocabulary": self.tokenizer.vocabulary(), "contract": self.contract_json}
+
+
+def caption_module(
+    model_config: ModelConfig, encoder: ImageEncoder, decoder: GruDecoder, tokenizer: Tokenizer, vocab_size: int
+) -> CaptionModule:
+    contract = ModelContract(
+        model_name=model_config.model_name,
+        decoder=model_config.decoder,
+        encoder=model_config.encoder,
+        vocab_size=vocab_size,
+        max_length=model_config.max_length,
+        image_size=encoder.image_size,
+        state_size=model_config.state_size,
+        context_shape=encoder.context_shape,
+    )
+    return CaptionModule(encoder, decoder, tokenizer, contract)
 
 
 def next_version(model_dir: Path) -> int:

@@ -7,6 +7,7 @@ Keras' progress bars, early stopping on validation loss and a fixed seed.
 
 from __future__ import annotations
 
+import io
 import math
 import tempfile
 from collections import defaultdict
@@ -16,10 +17,12 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from PIL import Image, ImageEnhance, ImageOps
+from tqdm import tqdm
 
 from export.data import Caption, MemeTemplate, iter_captions, load_templates, split_by_template
 from export.model import ModelConfig, build_decoder, build_encoder
-from export.saved_model import CaptionModule, export_saved_model
+from export.saved_model import CaptionModule, caption_module, export_saved_model
 from export.tokenizer import Tokenizer, build_vocabulary, caption_text, write_vocabulary
 from memefly.contract import END, SPECIAL_TOKENS, START, ModelContract
 
@@ -34,6 +37,8 @@ class TrainConfig:
     max_templates: int | None = None
     """Keep only the templates with the most captions (a slice for quick builds)."""
     max_captions_per_template: int | None = None
+    augmentations: int = 0
+    """Augmented views (crop, flip, colour jitter) of each template encoded besides the original."""
     verbose: int = 2
 
 
@@ -41,12 +46,17 @@ PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
     # Seconds on a 2-core CPU: for tests.
     "tiny": (
         ModelConfig(encoder="tiny_cnn", vocab_size=400, min_count=2, max_length=16, embed_dim=32, state_size=64),
-        TrainConfig(epochs=3, max_templates=8, max_captions_per_template=150, verbose=0),
+        TrainConfig(epochs=3, max_templates=8, max_captions_per_template=150, augmentations=1, verbose=0),
     ),
     # A couple of minutes: the end-to-end slice's default model until the full model is trained.
     "slice": (
         ModelConfig(encoder="efficientnet_lite0", vocab_size=4000, max_length=24),
         TrainConfig(epochs=6, max_captions_per_template=250),
+    ),
+    # The bundled default (`make train`): under 45 minutes on a 2-core CPU.
+    "full": (
+        ModelConfig(encoder="efficientnet_lite0", vocab_size=6000, max_length=24, embed_dim=128, state_size=256),
+        TrainConfig(epochs=12, max_captions_per_template=2500, augmentations=7, patience=2),
     ),
 }
 
@@ -56,6 +66,8 @@ class TrainResult:
     module: CaptionModule
     contract: ModelContract
     history: dict[str, list[float]]
+    vocabulary: list[str]
+    model_config: ModelConfig
 
 
 def select_captions(
@@ -72,12 +84,34 @@ def select_captions(
     return kept, selected
 
 
-def encode_templates(encoder, templates: list[MemeTemplate], batch_size: int = 16) -> np.ndarray:
+def augmented_views(image_bytes: bytes, count: int, rng: np.random.Generator) -> list[bytes]:
+    """The template itself, then `count` random crops, flips and colour jitters of it, as JPEG."""
+    original = Image.open(io.BytesIO(image_bytes)).convert("RGB")
+    views = [image_bytes]
+    for _ in range(count):
+        width, height = original.size
+        scale = rng.uniform(0.75, 1.0)
+        w, h = int(width * scale), int(height * scale)
+        left, top = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+        view = original.crop((left, top, left + w, top + h))
+        if rng.random() < 0.5:
+            view = ImageOps.mirror(view)
+        view = ImageEnhance.Brightness(view).enhance(rng.uniform(0.75, 1.25))
+        view = ImageEnhance.Color(view).enhance(rng.uniform(0.6, 1.4))
+        buffer = io.BytesIO()
+        view.save(buffer, format="JPEG", quality=90)
+        views.append(buffer.getvalue())
+    return views
+
+
+def encode_templates(encoder, templates: list[MemeTemplate], augmentations: int, seed: int) -> np.ndarray:
+    """[templates, 1 + augmentations, C] contexts; view 0 is the unaltered template."""
+    rng = np.random.default_rng(seed)
     rows = []
-    for start in range(0, len(templates), batch_size):
-        batch = [t.image_path.read_bytes() for t in templates[start : start + batch_size]]
-        rows.append(encoder(tf.constant(batch)).numpy())
-    return np.concatenate(rows)
+    for template in tqdm(templates, desc="encoding templates", unit="template", disable=len(templates) < 20):
+        views = augmented_views(template.image_path.read_bytes(), augmentations, rng)
+        rows.append(encoder(tf.constant(views)).numpy())
+    return np.stack(rows)
 
 
 def make_sequences(tokenizer: Tokenizer, captions: list[Caption], max_length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,15 +136,21 @@ def _dataset(
     batch_size: int,
     shuffle_seed: int | None,
 ) -> tf.data.Dataset:
+    """Training draws a random view of each caption's template; validation sees the template itself."""
     contexts = tf.constant(contexts)
+    views = contexts.shape[1]
     ds = tf.data.Dataset.from_tensor_slices((template_rows, inputs, targets))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(inputs), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return (
-        ds.batch(batch_size)
-        .map(lambda row, x, y: ((x, tf.gather(contexts, row)), y), num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
-    )
+
+    def attach_context(row: tf.Tensor, x: tf.Tensor, y: tf.Tensor):
+        if shuffle_seed is None:
+            view = tf.zeros_like(row)
+        else:
+            view = tf.random.uniform(tf.shape(row), 0, views, dtype=tf.int32, seed=shuffle_seed)
+        return (x, tf.gather_nd(contexts, tf.stack([row, view], axis=1))), y
+
+    return ds.batch(batch_size).map(attach_context, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def train(model_config: ModelConfig, train_config: TrainConfig, data_folder: Path, work_dir: Path) -> TrainResult:
@@ -128,7 +168,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data_folder: Pat
     tokenizer = Tokenizer(str(vocabulary_file), max_length=model_config.max_length - 1)
 
     encoder = build_encoder(model_config)
-    contexts = encode_templates(encoder, templates)
+    contexts = encode_templates(encoder, templates, train_config.augmentations, model_config.seed)
     row_of = {t.id: i for i, t in enumerate(templates)}
     decoder = build_decoder(model_config, len(vocabulary), encoder.context_shape)
     decoder.compile(
@@ -152,17 +192,8 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data_folder: Pat
     )
     history = {name: [float(v) for v in values] for name, values in fit.history.items()}
     history["val_perplexity"] = [math.exp(v) for v in history.get("val_loss", [])]
-    contract = ModelContract(
-        model_name=model_config.model_name,
-        decoder=model_config.decoder,
-        encoder=model_config.encoder,
-        vocab_size=len(vocabulary),
-        max_length=model_config.max_length,
-        image_size=encoder.image_size,
-        state_size=model_config.state_size,
-        context_shape=encoder.context_shape,
-    )
-    return TrainResult(CaptionModule(encoder, decoder, tokenizer, contract), contract, history)
+    module = caption_module(model_config, encoder, decoder, tokenizer, len(vocabulary))
+    return TrainResult(module, module.contract, history, vocabulary, model_config)
 
 
 def build_model(preset: str, data_folder: Path, model_base_path: Path, version: int | None = None, **overrides) -> Path:

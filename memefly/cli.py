@@ -7,28 +7,61 @@ from typing import Annotated
 
 import typer
 
-from memefly.paths import DEFAULT_MODEL_BASE_PATH
+from memefly.paths import DEFAULT_BUNDLE_DIR, DEFAULT_MODEL_BASE_PATH
 
 app = typer.Typer(help="memefly: photo in, meme out.", no_args_is_help=True)
 
 
+DataDirOption = Annotated[
+    Path | None, typer.Option(help="meme data set; default $MEMEFLY_DATA_DIR or ../shared/data/memes")
+]
+
+
 @app.command("build-model")
 def build_model(
-    preset: Annotated[str, typer.Option(help="tiny (seconds, for tests) or slice (minutes)")] = "slice",
-    model_base_path: Annotated[
-        Path, typer.Option(help="where <model_name>/<version>/ is written")
-    ] = DEFAULT_MODEL_BASE_PATH,
-    data_dir: Annotated[
-        Path | None, typer.Option(help="meme data set; default $MEMEFLY_DATA_DIR or ../shared/data/memes")
-    ] = None,
+    bundle: Annotated[Path | None, typer.Option(help="assemble from a trained bundle instead of training")] = None,
+    preset: Annotated[str, typer.Option(help="without --bundle: tiny (seconds) or slice (minutes)")] = "slice",
+    model_base_path: Annotated[Path, typer.Option(help="where <model_name>/<version>/ goes")] = DEFAULT_MODEL_BASE_PATH,
+    data_dir: DataDirOption = None,
     version: Annotated[int | None, typer.Option(help="version number; default the next free one")] = None,
 ) -> None:
-    """Train a model preset on the meme data set and export it as a versioned SavedModel."""
-    from export.data import data_dir as resolve_data_dir
-    from export.train import build_model as build
+    """Export a versioned SavedModel: assembled from a bundle, or trained from a preset."""
+    if bundle is not None:
+        from export.bundle import assemble
 
-    path = build(preset, resolve_data_dir(data_dir), model_base_path, version)
+        path = assemble(bundle, model_base_path, version)
+    else:
+        from export.data import data_dir as resolve_data_dir
+        from export.train import build_model as build
+
+        path = build(preset, resolve_data_dir(data_dir), model_base_path, version)
     typer.echo(f"exported {path}")
+
+
+@app.command()
+def train(
+    preset: Annotated[str, typer.Option(help="a preset of export/train.py")] = "full",
+    bundle_dir: Annotated[Path, typer.Option(help="where the trained bundle is written")] = DEFAULT_BUNDLE_DIR,
+    data_dir: DataDirOption = None,
+    epochs: Annotated[int | None, typer.Option(help="override the preset's epoch count")] = None,
+) -> None:
+    """Train the caption decoder and write a bundle (weights, vocabulary, config, curves)."""
+    import tempfile
+
+    from export.bundle import save_bundle
+    from export.data import data_dir as resolve_data_dir
+    from export.train import PRESETS
+    from export.train import train as run_training
+
+    model_config, train_config = PRESETS[preset]
+    if epochs is not None:
+        from dataclasses import replace
+
+        train_config = replace(train_config, epochs=epochs)
+    with tempfile.TemporaryDirectory(prefix="memefly-train-") as work_dir:
+        result = run_training(model_config, train_config, resolve_data_dir(data_dir), Path(work_dir))
+        save_bundle(result, bundle_dir)
+    typer.echo(f"bundle written to {bundle_dir}; validation perplexity {result.history['val_perplexity']}")
 
 
 def _sample_image() -> str:

@@ -28,12 +28,21 @@ def data_folder() -> Path:
 
 
 @pytest.fixture(scope="session")
-def model_base_path(tmp_path_factory: pytest.TempPathFactory, data_folder: Path) -> Path:
-    """`<base>/memefly/1/`: the tiny preset, trained and exported through the real export code."""
-    from export.train import build_model
+def tiny_training(tmp_path_factory: pytest.TempPathFactory, data_folder: Path):
+    """The tiny preset trained on real captions in seconds (a `TrainResult`)."""
+    from export.train import PRESETS, train
+
+    model_config, train_config = PRESETS["tiny"]
+    return train(model_config, train_config, data_folder, tmp_path_factory.mktemp("train"))
+
+
+@pytest.fixture(scope="session")
+def model_base_path(tmp_path_factory: pytest.TempPathFactory, tiny_training) -> Path:
+    """`<base>/memefly/1/`: the tiny model exported through the real export code."""
+    from export.saved_model import export_saved_model
 
     base = tmp_path_factory.mktemp("models")
-    build_model("tiny", data_folder, base, version=1)
+    export_saved_model(tiny_training.module, base / MODEL_NAME, version=1)
     return base
 
 

