@@ -9,6 +9,7 @@ MODEL_NAME ?= memefly
 MODEL_BASE_PATH ?= models
 MODEL_DIR := $(MODEL_BASE_PATH)/$(MODEL_NAME)
 PRESET ?= slice
+BUNDLE ?= model
 HOST ?= 127.0.0.1
 PORT ?= 8000
 GRPC_PORT ?= 8500
@@ -17,7 +18,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export MEMEFLY_MODEL_NAME := $(MODEL_NAME)
 export MEMEFLY_MODEL_BASE_PATH := $(abspath $(MODEL_BASE_PATH))
 
-.PHONY: venv model run serve-local run-two-tier test lint format clean
+.PHONY: venv model train run serve-local run-two-tier test lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,13 +28,20 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Builds the model only when no version exists yet.
+# Builds the model only when no version exists yet: assembled from the committed bundle in model/
+# when there is one (seconds), else trained from the slice preset (minutes).
 model: $(STAMP)
 	@if ls $(MODEL_DIR)/*/saved_model.pb >/dev/null 2>&1; then \
 		echo "model present: $$(ls -d $(MODEL_DIR)/*/ | tail -n 1)"; \
+	elif [ -f $(BUNDLE)/config.json ]; then \
+		$(BIN)/memefly build-model --bundle $(BUNDLE) --model-base-path $(MODEL_BASE_PATH); \
 	else \
 		$(BIN)/memefly build-model --preset $(PRESET) --model-base-path $(MODEL_BASE_PATH); \
 	fi
+
+# Trains the default model (about 30 minutes on 2 CPU cores) into the bundle folder.
+train: $(STAMP)
+	$(BIN)/memefly train --preset full --bundle-dir $(BUNDLE)
 
 run: model
 	$(BIN)/memefly serve --backend embedded --host $(HOST) --port $(PORT)
