@@ -54,7 +54,7 @@ class Captioner:
         search = BeamSearch(settings, contract.start_id, contract.end_id, contract.sep_id, contract.state_size)
         while not search.done:
             step = self.backend.decode_step(
-                search.tokens, search.state, context, np.zeros(search.num_live, np.int32), settings.k
+                search.tokens, search.state, context, np.zeros(search.num_live, np.int32), search.k
             )
             rpcs += 1
             search.advance(*step)

@@ -1,6 +1,6 @@
-"""Beam search over a step function the caller runs: NumPy in, NumPy out, no I/O.
+"""Beam search and sampling over a step function the caller runs: NumPy in, NumPy out, no I/O.
 
-`BeamSearch` holds the live beams of one request. The caller asks it for the next step's inputs,
+`BeamSearch` (or `Sampling`) holds the live beams of one request. The caller asks it for the next step's inputs,
 runs `decode_step` however it likes (in-process, over gRPC, batched with other requests) and hands
 the top-k result back to `advance`. Keeping transport out of here is what lets the same search run on
 every backend and be tested on its own.
@@ -36,6 +36,28 @@ class SearchSettings:
 
 
 @dataclass(frozen=True)
+class SamplingSettings:
+    """`n` captions drawn independently: temperature, then nucleus (top-p) within the top `k`."""
+
+    n: int = 3
+    temperature: float = 1.0
+    top_p: float = 0.9
+    k: int = 64
+    """Candidates each step returns: the nucleus is cut from these, so no full softmax crosses the wire."""
+    max_length: int = 24
+    no_repeat_ngram_size: int = 3
+    seed: int | None = None
+    length_penalty: float = 1.0
+    """Only orders the finished samples."""
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or self.k < 1 or self.max_length < 1:
+            raise ValueError("n, k and max_length must be positive")
+        if not 0 < self.top_p <= 1 or self.temperature <= 0:
+            raise ValueError("top_p must be in (0, 1] and temperature positive")
+
+
+@dataclass(frozen=True)
 class Hypothesis:
     ids: tuple[int, ...]
     """Generated tokens, without `<start>` and `<end>`."""
@@ -43,15 +65,18 @@ class Hypothesis:
     score: float
 
 
-class BeamSearch:
-    def __init__(self, settings: SearchSettings, start_id: int, end_id: int, sep_id: int, state_size: int) -> None:
-        self.settings = settings
+class _Decoding:
+    """Live beams of one request and the rules every caption obeys, whatever picks the tokens."""
+
+    settings: SearchSettings | SamplingSettings
+
+    def __init__(self, start_id: int, end_id: int, sep_id: int, state_size: int, beams: int) -> None:
         self.end_id = end_id
         self.sep_id = sep_id
-        self.tokens = np.array([start_id], np.int32)
-        self.state = np.zeros((1, state_size), np.float32)
-        self.sequences = np.zeros((1, 0), np.int32)
-        self.log_probs = np.zeros(1, np.float64)
+        self.tokens = np.full(beams, start_id, np.int32)
+        self.state = np.zeros((beams, state_size), np.float32)
+        self.sequences = np.zeros((beams, 0), np.int32)
+        self.log_probs = np.zeros(beams, np.float64)
         self.finished: list[Hypothesis] = []
         self.steps = 0
 
@@ -60,17 +85,8 @@ class BeamSearch:
         return len(self.tokens)
 
     @property
-    def done(self) -> bool:
-        """No live beam left, or none that could still beat the n best finished captions."""
-        if self.num_live == 0:
-            return True
-        if len(self.finished) < self.settings.n_best:
-            return False
-        nth_best = sorted((h.score for h in self.finished), reverse=True)[self.settings.n_best - 1]
-        # Log-probabilities only fall as a caption grows, so a live beam's best possible score is its
-        # current log-probability spread over the longest length it may reach.
-        best_possible = self.log_probs.max() / self.settings.max_length**self.settings.length_penalty
-        return best_possible <= nth_best
+    def k(self) -> int:
+        return self.settings.k
 
     def _score(self, log_prob: float, length: int) -> float:
         return log_prob / max(length, 1) ** self.settings.length_penalty
@@ -95,20 +111,68 @@ class BeamSearch:
             repeats[beam] = np.isin(ids[beam], list(seen))
         return repeats
 
+    def _banned(self, top_ids: np.ndarray) -> np.ndarray:
+        """[live, k] mask of candidates no caption may take."""
+        # Every text box holds words: no `<sep>` or `<end>` first or right after a `<sep>`, and no
+        # `<sep>` as the last token a caption can have.
+        after_word = (self.tokens != self.sep_id)[:, None] if self.steps else np.zeros((self.num_live, 1), bool)
+        boundary = (top_ids == self.end_id) | (top_ids == self.sep_id)
+        last_step = self.steps + 1 >= self.settings.max_length
+        banned = (boundary & ~after_word) | ((top_ids == self.sep_id) & last_step)
+        return banned | self._repeats_ngram(top_ids)
+
+    def _finish_at_max_length(self) -> None:
+        if self.steps >= self.settings.max_length:
+            for sequence, log_prob in zip(self.sequences, self.log_probs, strict=True):
+                self._finish(sequence, float(log_prob), self.steps)
+            self._keep(np.zeros(0, np.int64), np.zeros(0, np.int32), self.state[:0], self.log_probs[:0])
+
+    def _keep(self, beams: np.ndarray, tokens: np.ndarray, state: np.ndarray, log_probs: np.ndarray) -> None:
+        self.sequences = np.concatenate([self.sequences[beams], tokens[:, None]], axis=1)
+        self.tokens = tokens.astype(np.int32)
+        self.state = state
+        self.log_probs = log_probs
+
+    def results(self) -> list[Hypothesis]:
+        """The best distinct finished captions, best first."""
+        best: dict[tuple[int, ...], Hypothesis] = {}
+        for hypothesis in sorted(self.finished, key=lambda h: -h.score):
+            best.setdefault(hypothesis.ids, hypothesis)
+        return list(best.values())[: self._results_wanted]
+
+    @property
+    def _results_wanted(self) -> int:
+        raise NotImplementedError
+
+
+class BeamSearch(_Decoding):
+    def __init__(self, settings: SearchSettings, start_id: int, end_id: int, sep_id: int, state_size: int) -> None:
+        self.settings = settings
+        super().__init__(start_id, end_id, sep_id, state_size, beams=1)
+
+    @property
+    def _results_wanted(self) -> int:
+        return self.settings.n_best
+
+    @property
+    def done(self) -> bool:
+        """No live beam left, or none that could still beat the n best finished captions."""
+        if self.num_live == 0:
+            return True
+        if len(self.finished) < self.settings.n_best:
+            return False
+        nth_best = sorted((h.score for h in self.finished), reverse=True)[self.settings.n_best - 1]
+        # Log-probabilities only fall as a caption grows, so a live beam's best possible score is its
+        # current log-probability spread over the longest length it may reach.
+        best_possible = self.log_probs.max() / self.settings.max_length**self.settings.length_penalty
+        return best_possible <= nth_best
+
     def advance(self, top_log_probs: np.ndarray, top_ids: np.ndarray, state: np.ndarray) -> None:
         """Take one `decode_step` result ([live, k] log-probs and ids, [live, S] state)."""
         width = self.settings.beam_width
         k = top_ids.shape[1]
-        candidates = (self.log_probs[:, None] + top_log_probs).reshape(-1)
+        candidates = np.where(self._banned(top_ids), -np.inf, self.log_probs[:, None] + top_log_probs).reshape(-1)
         ids = top_ids.reshape(-1)
-        # Every text box holds words: no `<sep>` or `<end>` first or right after a `<sep>`, and no
-        # `<sep>` as the last token a caption can have.
-        after_word = np.repeat(self.tokens != self.sep_id, k) if self.steps else np.zeros(ids.size, bool)
-        boundary = (ids == self.end_id) | (ids == self.sep_id)
-        last_step = self.steps + 1 >= self.settings.max_length
-        banned = (boundary & ~after_word) | ((ids == self.sep_id) & last_step)
-        banned |= self._repeats_ngram(ids.reshape(-1, k)).reshape(-1)
-        candidates = np.where(banned, -np.inf, candidates)
         ranked = np.argsort(-candidates, kind="stable")[: 2 * width]
         ranked = ranked[np.isfinite(candidates[ranked])]
         ends = ids[ranked] == self.end_id
@@ -118,19 +182,53 @@ class BeamSearch:
             self._finish(self.sequences[flat // k], float(candidates[flat]), self.steps + 1)
         keep = ranked[~ends][:width]
         beams = keep // k
-        self.sequences = np.concatenate([self.sequences[beams], ids[keep, None]], axis=1)
-        self.tokens = ids[keep].astype(np.int32)
-        self.state = state[beams]
-        self.log_probs = candidates[keep]
+        self._keep(beams, ids[keep], state[beams], candidates[keep])
         self.steps += 1
-        if self.steps >= self.settings.max_length:
-            for sequence, log_prob in zip(self.sequences, self.log_probs, strict=True):
-                self._finish(sequence, float(log_prob), self.steps)
-            self.tokens = self.tokens[:0]
+        self._finish_at_max_length()
 
-    def results(self) -> list[Hypothesis]:
-        """The n best distinct finished hypotheses, best first."""
-        best: dict[tuple[int, ...], Hypothesis] = {}
-        for hypothesis in sorted(self.finished, key=lambda h: -h.score):
-            best.setdefault(hypothesis.ids, hypothesis)
-        return list(best.values())[: self.settings.n_best]
+
+class Sampling(_Decoding):
+    """`n` independent samples of one request, reproducible with a seed."""
+
+    def __init__(self, settings: SamplingSettings, start_id: int, end_id: int, sep_id: int, state_size: int) -> None:
+        self.settings = settings
+        self.rng = np.random.default_rng(settings.seed)
+        super().__init__(start_id, end_id, sep_id, state_size, beams=settings.n)
+
+    @property
+    def _results_wanted(self) -> int:
+        return self.settings.n
+
+    @property
+    def done(self) -> bool:
+        return self.num_live == 0
+
+    def advance(self, top_log_probs: np.ndarray, top_ids: np.ndarray, state: np.ndarray) -> None:
+        logits = np.where(self._banned(top_ids), -np.inf, top_log_probs / self.settings.temperature)
+        stuck = ~np.isfinite(logits).any(axis=1)
+        if stuck.any():
+            # No allowed continuation: such a sample ends where it is (or is dropped when empty).
+            for row in np.flatnonzero(stuck & (self.sequences.shape[1] > 0)):
+                self._finish(self.sequences[row], float(self.log_probs[row]), self.steps)
+            logits[stuck] = 0.0
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        # Nucleus: the fewest most likely candidates whose mass reaches top_p.
+        order = np.argsort(-probs, axis=1, kind="stable")
+        sorted_probs = np.take_along_axis(probs, order, axis=1)
+        outside = np.cumsum(sorted_probs, axis=1) - sorted_probs >= self.settings.top_p
+        probs = np.zeros_like(probs)
+        np.put_along_axis(probs, order, np.where(outside, 0.0, sorted_probs), axis=1)
+        probs /= probs.sum(axis=1, keepdims=True)
+        picks = (probs.cumsum(axis=1) < self.rng.random((len(probs), 1))).sum(axis=1)
+        picks = np.minimum(picks, probs.shape[1] - 1)
+        rows = np.arange(len(picks))
+        tokens = top_ids[rows, picks]
+        log_probs = self.log_probs + top_log_probs[rows, picks]
+        ended = (tokens == self.end_id) & ~stuck
+        for row in np.flatnonzero(ended):
+            self._finish(self.sequences[row], float(log_probs[row]), self.steps + 1)
+        live = np.flatnonzero(~ended & ~stuck)
+        self._keep(live, tokens[live], state[live], log_probs[live])
+        self.steps += 1
+        self._finish_at_max_length()

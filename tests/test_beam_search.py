@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from gateway.search import BeamSearch, SearchSettings
+from gateway.search import BeamSearch, Sampling, SamplingSettings, SearchSettings
 
 START, END, SEP = 1, 2, 4
 WORDS = [5, 6, 7]
@@ -21,15 +21,16 @@ def markov_table(seed: int) -> np.ndarray:
     return logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
 
 
-def run(search: BeamSearch, table: np.ndarray) -> int:
+def run(search: BeamSearch | Sampling, table: np.ndarray) -> int:
     calls = 0
+    width = search.settings.beam_width if isinstance(search, BeamSearch) else search.settings.n
     while not search.done:
         log_probs = table[search.tokens]
-        k = search.settings.k
+        k = search.k
         ids = np.argsort(-log_probs, axis=1, kind="stable")[:, :k].astype(np.int32)
         search.advance(np.take_along_axis(log_probs, ids, axis=1), ids, search.state + 1)
         calls += 1
-        assert search.num_live <= search.settings.beam_width
+        assert search.num_live <= width
     return calls
 
 
@@ -125,3 +126,38 @@ def test_no_ngram_repeats_within_a_caption() -> None:
     )
     run(unrestricted, table)
     assert unrestricted.results()[0].ids[:4] == (5, 6, 5, 6)
+
+
+def run_sampling(settings: SamplingSettings, table: np.ndarray) -> list[tuple[int, ...]]:
+    sampling = Sampling(settings, START, END, SEP, state_size=1)
+    steps = run(sampling, table)
+    assert steps <= settings.max_length
+    return [h.ids for h in sampling.results()]
+
+
+def test_sampling_is_reproducible_with_a_seed_and_varies_without() -> None:
+    table = markov_table(3)
+    settings = SamplingSettings(n=4, temperature=1.5, top_p=1.0, k=VOCAB, max_length=8, seed=11)
+    first = run_sampling(settings, table)
+    assert first == run_sampling(settings, table)
+    assert all(valid(ids) for ids in first)
+    others = {
+        tuple(run_sampling(SamplingSettings(n=4, temperature=1.5, top_p=1.0, k=VOCAB, seed=s), table)) for s in range(5)
+    }
+    assert len(others) > 1
+
+
+def test_tiny_top_p_samples_the_most_likely_token_every_step() -> None:
+    table = markov_table(4)
+    settings = SamplingSettings(n=3, top_p=1e-6, k=VOCAB, max_length=6, seed=0, no_repeat_ngram_size=0)
+    samples = run_sampling(settings, table)
+    greedy, token = [], START
+    for _ in range(6):
+        allowed = table[token].copy()
+        if not greedy:
+            allowed[[END, SEP]] = -np.inf
+        token = int(np.argmax(allowed))
+        if token == END:
+            break
+        greedy.append(token)
+    assert samples == [tuple(greedy)]
