@@ -13,12 +13,16 @@ BUNDLE ?= model
 HOST ?= 127.0.0.1
 PORT ?= 8000
 GRPC_PORT ?= 8500
+REST_PORT ?= 8501
+SAGEMAKER_PORT ?= 8080
+SERVE_LOCAL = $(BIN)/python -m serving --port $(GRPC_PORT) --rest_api_port $(REST_PORT) \
+	--sagemaker_port $(SAGEMAKER_PORT) --model_name $(MODEL_NAME) --model_base_path $(abspath $(MODEL_DIR))
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export MEMEFLY_MODEL_NAME := $(MODEL_NAME)
 export MEMEFLY_MODEL_BASE_PATH := $(abspath $(MODEL_BASE_PATH))
 
-.PHONY: venv model train run serve-local run-two-tier test lint format clean
+.PHONY: venv model train evaluate run serve-local run-two-tier test lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,15 +47,19 @@ model: $(STAMP)
 train: $(STAMP)
 	$(BIN)/memefly train --preset full --bundle-dir $(BUNDLE)
 
+# Writes $(BUNDLE)/evaluation.json and $(BUNDLE)/EVALUATION.md.
+evaluate: $(STAMP)
+	$(BIN)/memefly evaluate --bundle-dir $(BUNDLE)
+
 run: model
 	$(BIN)/memefly serve --backend embedded --host $(HOST) --port $(PORT)
 
 # The local stand-in for tensorflow_model_server (see README); with Docker, use docker compose instead.
 serve-local: model
-	$(BIN)/python -m serving --port $(GRPC_PORT) --model_name $(MODEL_NAME) --model_base_path $(MODEL_DIR)
+	$(SERVE_LOCAL)
 
 run-two-tier: model
-	@$(BIN)/python -m serving --port $(GRPC_PORT) --model_name $(MODEL_NAME) --model_base_path $(MODEL_DIR) & \
+	@$(SERVE_LOCAL) & \
 	serving=$$!; trap "kill $$serving 2>/dev/null" EXIT INT TERM; \
 	MEMEFLY_TFSERVING_TARGET=127.0.0.1:$(GRPC_PORT) $(BIN)/memefly serve --backend tfserving --host $(HOST) --port $(PORT)
 

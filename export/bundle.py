@@ -8,6 +8,7 @@ which comes from a PyPI package and so is never committed.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +16,13 @@ import numpy as np
 from export.model import ModelConfig, build_decoder, build_encoder
 from export.saved_model import CaptionModule, caption_module, export_saved_model
 from export.tokenizer import Tokenizer, write_vocabulary
-from export.train import TrainResult
+from export.train import TrainConfig, TrainResult
 
 CONFIG = "config.json"
 VOCABULARY = "vocabulary.txt"
 WEIGHTS = "decoder_weights.npz"
 HISTORY = "history.json"
+TRAINING = "training.json"
 CURVES = "training_curves.png"
 
 
@@ -31,6 +33,7 @@ def save_bundle(result: TrainResult, bundle_dir: Path) -> None:
     weights = {f"{i:03d}": w.numpy().astype(np.float16) for i, w in enumerate(result.module.decoder.weights)}
     np.savez_compressed(bundle_dir / WEIGHTS, **weights)
     (bundle_dir / HISTORY).write_text(json.dumps(result.history, indent=2) + "\n")
+    (bundle_dir / TRAINING).write_text(json.dumps(asdict(result.train_config), indent=2, sort_keys=True) + "\n")
     plot_history(result.history, bundle_dir / CURVES)
 
 
@@ -68,6 +71,10 @@ def load_bundle(bundle_dir: Path) -> CaptionModule:
     decoder.set_weights([a.astype(np.float32) for a in arrays])
     tokenizer = Tokenizer(str(vocabulary_file), max_length=model_config.max_length - 1)
     return caption_module(model_config, encoder, decoder, tokenizer, vocab_size)
+
+
+def load_train_config(bundle_dir: Path) -> TrainConfig:
+    return TrainConfig(**json.loads((bundle_dir / TRAINING).read_text()))
 
 
 def assemble(bundle_dir: Path, model_base_path: Path, version: int | None = None) -> Path:

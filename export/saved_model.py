@@ -23,7 +23,6 @@ from memefly.contract import (
     START,
     TOKENIZE,
     TOKENIZE_SIGNATURE,
-    UNK,
     ModelContract,
     SignatureSpec,
 )
@@ -47,8 +46,9 @@ class CaptionModule(tf.Module):
         self.tokenizer = tokenizer
         self.contract = contract
         self.contract_json = tf.constant(contract.to_json())
-        # Tokens a caption may never contain; masked before top-k so they are never proposed.
-        banned = [contract.special_tokens[t] for t in (PAD, START, UNK)]
+        # Tokens that are never a next word; masked before top-k so they are never proposed. `<unk>` is a
+        # real target (rare words) whose probability `score` needs; the search declines to emit it.
+        banned = [contract.special_tokens[t] for t in (PAD, START)]
         self.banned_mask = tf.constant([-1e9 if i in banned else 0.0 for i in range(contract.vocab_size)], tf.float32)
         self.encode = tf.function(self._encode, input_signature=input_signature(contract.encode))
         self.decode_step = tf.function(self._decode_step, input_signature=input_signature(contract.decode_step))

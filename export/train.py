@@ -68,6 +68,7 @@ class TrainResult:
     history: dict[str, list[float]]
     vocabulary: list[str]
     model_config: ModelConfig
+    train_config: TrainConfig
 
 
 def select_captions(
@@ -153,12 +154,20 @@ def _dataset(
     return ds.batch(batch_size).map(attach_context, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def train(model_config: ModelConfig, train_config: TrainConfig, data_folder: Path, work_dir: Path) -> TrainResult:
-    keras.utils.set_random_seed(model_config.seed)
+def training_split(
+    data_folder: Path, model_config: ModelConfig, train_config: TrainConfig
+) -> tuple[list[MemeTemplate], list[Caption], list[Caption]]:
+    """The templates, training captions and validation captions a training run uses."""
     templates, captions = select_captions(list(iter_captions(data_folder)), load_templates(data_folder), train_config)
     train_captions, validation_captions = split_by_template(
         captions, train_config.validation_fraction, model_config.seed
     )
+    return templates, train_captions, validation_captions
+
+
+def train(model_config: ModelConfig, train_config: TrainConfig, data_folder: Path, work_dir: Path) -> TrainResult:
+    keras.utils.set_random_seed(model_config.seed)
+    templates, train_captions, validation_captions = training_split(data_folder, model_config, train_config)
     vocabulary = build_vocabulary(
         [caption_text(c.boxes) for c in train_captions], model_config.vocab_size, model_config.min_count
     )
@@ -193,7 +202,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data_folder: Pat
     history = {name: [float(v) for v in values] for name, values in fit.history.items()}
     history["val_perplexity"] = [math.exp(v) for v in history.get("val_loss", [])]
     module = caption_module(model_config, encoder, decoder, tokenizer, len(vocabulary))
-    return TrainResult(module, module.contract, history, vocabulary, model_config)
+    return TrainResult(module, module.contract, history, vocabulary, model_config, train_config)
 
 
 def build_model(preset: str, data_folder: Path, model_base_path: Path, version: int | None = None, **overrides) -> Path:

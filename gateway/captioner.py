@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gateway.backends import ModelBackend, ModelInfo
-from gateway.search import BeamSearch, SearchSettings
+from gateway.search import BeamSearch, Sampling, SamplingSettings, SearchSettings
 from memefly.text import ids_to_boxes
 
 
@@ -47,11 +47,15 @@ class Captioner:
             max_length=min(max_length or limit, limit),
         )
 
-    def caption(self, image_jpeg: bytes, settings: SearchSettings) -> CaptionResult:
+    def caption(self, image_jpeg: bytes, settings: SearchSettings | SamplingSettings) -> CaptionResult:
+        """Beam search with `SearchSettings`, sampling with `SamplingSettings`."""
         contract = self.info.contract
         context = self.backend.encode([image_jpeg])
         rpcs = 1
-        search = BeamSearch(settings, contract.start_id, contract.end_id, contract.sep_id, contract.state_size)
+        decoding = BeamSearch if isinstance(settings, SearchSettings) else Sampling
+        search = decoding(
+            settings, contract.start_id, contract.end_id, contract.sep_id, contract.state_size, contract.unk_id
+        )
         while not search.done:
             step = self.backend.decode_step(
                 search.tokens, search.state, context, np.zeros(search.num_live, np.int32), search.k

@@ -70,9 +70,12 @@ class _Decoding:
 
     settings: SearchSettings | SamplingSettings
 
-    def __init__(self, start_id: int, end_id: int, sep_id: int, state_size: int, beams: int) -> None:
+    def __init__(
+        self, start_id: int, end_id: int, sep_id: int, state_size: int, beams: int, unk_id: int | None
+    ) -> None:
         self.end_id = end_id
         self.sep_id = sep_id
+        self.unk_id = unk_id
         self.tokens = np.full(beams, start_id, np.int32)
         self.state = np.zeros((beams, state_size), np.float32)
         self.sequences = np.zeros((beams, 0), np.int32)
@@ -118,7 +121,7 @@ class _Decoding:
         after_word = (self.tokens != self.sep_id)[:, None] if self.steps else np.zeros((self.num_live, 1), bool)
         boundary = (top_ids == self.end_id) | (top_ids == self.sep_id)
         last_step = self.steps + 1 >= self.settings.max_length
-        banned = (boundary & ~after_word) | ((top_ids == self.sep_id) & last_step)
+        banned = (boundary & ~after_word) | ((top_ids == self.sep_id) & last_step) | (top_ids == self.unk_id)
         return banned | self._repeats_ngram(top_ids)
 
     def _finish_at_max_length(self) -> None:
@@ -146,9 +149,17 @@ class _Decoding:
 
 
 class BeamSearch(_Decoding):
-    def __init__(self, settings: SearchSettings, start_id: int, end_id: int, sep_id: int, state_size: int) -> None:
+    def __init__(
+        self,
+        settings: SearchSettings,
+        start_id: int,
+        end_id: int,
+        sep_id: int,
+        state_size: int,
+        unk_id: int | None = None,
+    ) -> None:
         self.settings = settings
-        super().__init__(start_id, end_id, sep_id, state_size, beams=1)
+        super().__init__(start_id, end_id, sep_id, state_size, beams=1, unk_id=unk_id)
 
     @property
     def _results_wanted(self) -> int:
@@ -190,10 +201,18 @@ class BeamSearch(_Decoding):
 class Sampling(_Decoding):
     """`n` independent samples of one request, reproducible with a seed."""
 
-    def __init__(self, settings: SamplingSettings, start_id: int, end_id: int, sep_id: int, state_size: int) -> None:
+    def __init__(
+        self,
+        settings: SamplingSettings,
+        start_id: int,
+        end_id: int,
+        sep_id: int,
+        state_size: int,
+        unk_id: int | None = None,
+    ) -> None:
         self.settings = settings
         self.rng = np.random.default_rng(settings.seed)
-        super().__init__(start_id, end_id, sep_id, state_size, beams=settings.n)
+        super().__init__(start_id, end_id, sep_id, state_size, beams=settings.n, unk_id=unk_id)
 
     @property
     def _results_wanted(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -62,6 +63,22 @@ def train(
         result = run_training(model_config, train_config, resolve_data_dir(data_dir), Path(work_dir))
         save_bundle(result, bundle_dir)
     typer.echo(f"bundle written to {bundle_dir}; validation perplexity {result.history['val_perplexity']}")
+
+
+@app.command()
+def evaluate(
+    bundle_dir: Annotated[Path, typer.Option(help="the trained bundle")] = DEFAULT_BUNDLE_DIR,
+    out_dir: Annotated[Path | None, typer.Option(help="where evaluation.json and EVALUATION.md go")] = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Perplexity with and without the image, caption variety, copying and template retrieval."""
+    from export.data import data_dir as resolve_data_dir
+    from export.evaluate import evaluate as run_evaluation
+    from export.evaluate import write_reports
+
+    report = run_evaluation(bundle_dir, resolve_data_dir(data_dir))
+    write_reports(report, out_dir or bundle_dir)
+    typer.echo(json.dumps({k: v for k, v in report.items() if k != "examples"}, indent=2))
 
 
 def _sample_image() -> str:

@@ -134,6 +134,10 @@ class ModelContract:
         return self.special_tokens[SEP]
 
     @property
+    def unk_id(self) -> int:
+        return self.special_tokens[UNK]
+
+    @property
     def encode(self) -> SignatureSpec:
         return encode_signature(self.context_shape)
 

@@ -1,12 +1,22 @@
 """A local stand-in for tensorflow_model_server, for machines without Docker.
 
-This is NOT TensorFlow Serving. It speaks TF Serving's gRPC API (PredictionService.Predict and
-GetModelMetadata, ModelService.GetModelStatus) with its status codes and messages, and loads
-the same ``<model_base_path>/<version>/saved_model.pb`` layout, serving the latest version and
-picking up new ones. It has no REST API, batching, model config file, Classify/Regress/
-MultiInference or monitoring; use the real server (tensorflow/serving image) for anything else.
+This is NOT TensorFlow Serving. It loads the same ``<base_path>/<version>/saved_model.pb``
+directories and takes TF Serving's flags where they apply, and answers with TF Serving's status
+codes, messages and JSON layout:
 
-    python -m serving --port 8500 --model_name NAME --model_base_path PATH
+- gRPC (``--port``): PredictionService.Predict and GetModelMetadata, ModelService.GetModelStatus
+  and HandleReloadConfigRequest. Classify, Regress and MultiInference answer UNIMPLEMENTED.
+- REST (``--rest_api_port``, off at 0 as in TF Serving): model status, metadata and ``:predict``.
+- Models from ``--model_name``/``--model_base_path`` or ``--model_config_file`` (several models,
+  version policies, version labels), polled for new versions and, optionally, for config changes.
+- ``--enable_batching`` with ``--batching_parameters_file``; SavedModel warm-up requests.
+- ``--sagemaker_port`` (our own flag): the SageMaker TF Serving container's /ping and /invocations,
+  and SageMaker Runtime's /endpoints/{name}/invocations.
+
+There is no monitoring, TLS, TFLite or request logging; use the tensorflow/serving image for those.
+
+    python -m serving --port 8500 --rest_api_port 8501 --model_name NAME --model_base_path /abs/path
+    python -m serving --port 8500 --model_config_file /abs/models.config
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import threading
 from collections.abc import Sequence
 
 SHUTDOWN_GRACE_SECONDS = 5.0
+CPUS = os.cpu_count() or 1
 
 log = logging.getLogger("serving")
 
@@ -36,36 +47,53 @@ def _flag_bool(text: str) -> bool:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m serving",
-        description="Local stand-in for tensorflow_model_server (gRPC only). Flag names as TF Serving's.",
+        description="Local stand-in for tensorflow_model_server. Flag names as TF Serving's, except --sagemaker_port.",
     )
+
+    def flag(name: str, help: str, default: bool = False) -> None:  # noqa: A002 - argparse's word
+        parser.add_argument(name, type=_flag_bool, nargs="?", const=True, default=default, help=help)
+
     parser.add_argument("--port", type=int, default=8500, help="TCP port for the gRPC API")
+    parser.add_argument("--rest_api_port", type=int, default=0, help="TCP port for the REST API; 0 turns it off")
+    parser.add_argument("--rest_api_num_threads", type=int, default=4 * CPUS, help="REST requests run at once")
+    parser.add_argument("--rest_api_timeout_in_ms", type=int, default=30000, help="REST deadline (batching queue)")
+    flag("--rest_api_enable_cors_support", "add CORS headers to REST responses")
     parser.add_argument("--model_name", default="default", help="name clients put in ModelSpec.name")
-    parser.add_argument("--model_base_path", required=True, help="directory of numeric version dirs")
+    parser.add_argument("--model_base_path", default="", help="directory of numeric version dirs")
+    parser.add_argument(
+        "--model_config_file", default="", help="text ModelServerConfig; overrides --model_name/_base_path"
+    )
+    parser.add_argument(
+        "--model_config_file_poll_wait_seconds", type=int, default=0, help="seconds between config re-reads; 0: never"
+    )
     parser.add_argument(
         "--file_system_poll_wait_seconds",
         type=int,
         default=1,
         help="seconds between polls for new versions; 0 polls only once, at start-up",
     )
+    flag("--allow_version_labels_for_unavailable_models", "let new labels name versions not loaded yet")
+    flag("--enable_batching", "merge concurrent Predict calls (see serving/batching.py for what cannot be)")
+    parser.add_argument("--batching_parameters_file", default="", help="text BatchingParameters")
+    flag("--enable_per_model_batching_parameters", "batch only versions with their own batching_params.pbtxt")
+    flag("--enable_model_warmup", "replay assets.extra/tf_serving_warmup_requests before serving", default=True)
+    parser.add_argument("--num_request_iterations_for_warmup", type=int, default=0, help="used if > 0; default 1")
+    parser.add_argument("--grpc_max_threads", type=int, default=4 * CPUS, help="gRPC worker threads")
+    flag("--enable_serialization_as_tensor_content", "send Predict outputs as tensor_content, not *_val fields")
     parser.add_argument(
-        "--grpc_max_threads",
-        type=int,
-        default=4 * (os.cpu_count() or 1),
-        help="gRPC worker threads (TF Serving's default: 4 per CPU)",
-    )
-    parser.add_argument(
-        "--enable_serialization_as_tensor_content",
-        type=_flag_bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="send Predict outputs as tensor_content instead of typed *_val fields",
+        "--sagemaker_port", type=int, default=0, help="(stand-in only) SageMaker container port; 0 turns it off"
     )
     args = parser.parse_args(argv)
     if args.port <= 0:
-        parser.error("--port must be positive: this stand-in serves gRPC only")
-    if args.grpc_max_threads <= 0:
-        parser.error("--grpc_max_threads must be positive")
+        parser.error("--port must be positive: this stand-in always serves gRPC")
+    if args.grpc_max_threads <= 0 or args.rest_api_num_threads <= 0:
+        parser.error("--grpc_max_threads and --rest_api_num_threads must be positive")
+    if not args.model_base_path and not args.model_config_file:
+        parser.error("Both server_options.model_base_path and server_options.model_config_file are empty!")
+    if args.batching_parameters_file and not args.enable_batching:
+        parser.error(
+            "server_options.batching_parameters_file is set without setting server_options.enable_batching to true."
+        )
     return args
 
 
@@ -73,40 +101,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Imported after argument parsing so that --help and flag errors do not wait for TensorFlow.
-    from serving.grpc_server import build_server
-    from serving.model_store import ModelStore, poll_forever
+    from serving.tier import ServingTier, TierOptions
 
-    store = ModelStore({args.model_name: args.model_base_path})
-    store.poll()
-    versions = store.available_versions(args.model_name)
-    if not versions:
-        # tensorflow_model_server exits when its version fails to load, but with no version on disk
-        # at all it waits forever without opening its port; exiting is clearer here in both cases.
-        log.error("No loadable version of model %s under %s", args.model_name, args.model_base_path)
-        return 1
-
-    as_content = args.enable_serialization_as_tensor_content
-    try:
-        server = build_server(store, args.port, args.grpc_max_threads, as_content)
-    except RuntimeError as exc:  # gRPC's way of saying the port is taken
-        log.error("Cannot listen on port %d: %s", args.port, exc)
+    tier = ServingTier(
+        TierOptions(
+            grpc_port=args.port,
+            rest_api_port=args.rest_api_port,
+            sagemaker_port=args.sagemaker_port,
+            model_name=args.model_name,
+            model_base_path=args.model_base_path,
+            model_config_file=args.model_config_file,
+            model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
+            file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
+            allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
+            enable_batching=args.enable_batching,
+            batching_parameters_file=args.batching_parameters_file,
+            enable_per_model_batching_parameters=args.enable_per_model_batching_parameters,
+            enable_model_warmup=args.enable_model_warmup,
+            num_request_iterations_for_warmup=args.num_request_iterations_for_warmup,
+            grpc_max_threads=args.grpc_max_threads,
+            rest_api_num_threads=args.rest_api_num_threads,
+            rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
+            rest_api_enable_cors_support=args.rest_api_enable_cors_support,
+            tensor_content=args.enable_serialization_as_tensor_content,
+        )
+    )
+    if not tier.start():
         return 1
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    server.start()
-    if args.file_system_poll_wait_seconds > 0:
-        threading.Thread(
-            target=poll_forever,
-            args=(store, args.file_system_poll_wait_seconds, stop),
-            name="file-system-poll",
-            daemon=True,
-        ).start()
-    log.info("Serving model %s versions %s on port %d", args.model_name, versions, args.port)
-
     stop.wait()
     log.info("Shutting down; in-flight requests get %.0f s", SHUTDOWN_GRACE_SECONDS)
-    server.stop(SHUTDOWN_GRACE_SECONDS).wait()
+    tier.stop(SHUTDOWN_GRACE_SECONDS)
     return 0
 
 

@@ -1,31 +1,36 @@
 """TF Serving's gRPC PredictionService and ModelService, answered from a ModelStore.
 
 Status codes and messages follow tensorflow_model_server's, so a client tested against this
-stand-in sees what it will see in production.
+stand-in sees what it will see in production. Classify, Regress and MultiInference are not
+implemented (UNIMPLEMENTED).
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from concurrent import futures
 from typing import Any, TypeVar
 
 import grpc
-import numpy as np
-import tensorflow as tf
-from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import error_codes_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
+    model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
 )
 from tensorflow_serving.apis.model_pb2 import ModelSpec
+from tensorflow_serving.config import model_server_config_pb2
 
-from serving.model_store import DEFAULT_SIGNATURE, InvalidArgumentError, ModelStore, ServingError
+from serving.errors import InvalidArgumentError, ServingError
+from serving.model_store import DEFAULT_SIGNATURE, ModelStore
+from serving.tensors import to_ndarray, to_tensor_proto
+
+__all__ = ["build_server", "to_ndarray", "to_tensor_proto"]
 
 # TF Serving's server builder calls SetMaxMessageSize(INT32_MAX); a smaller cap would reject
 # image batches the real server accepts.
@@ -64,49 +69,6 @@ def _unimplemented(context: grpc.ServicerContext, method: str) -> None:
     )
 
 
-def to_ndarray(alias: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
-    try:
-        return tf.make_ndarray(proto)
-    except (TypeError, ValueError) as exc:
-        # Same wording as TF Serving when Tensor::FromProto fails (saved_model/util.cc).
-        raise InvalidArgumentError(f"tensor parsing error: {alias}") from exc
-
-
-# Where C++ Tensor::AsProtoField puts each dtype's values; quantized and float8 types keep
-# tensor_content here.
-_PROTO_FIELDS: dict[int, tuple[str, type | None]] = {
-    types_pb2.DT_FLOAT: ("float_val", None),
-    types_pb2.DT_DOUBLE: ("double_val", None),
-    types_pb2.DT_INT8: ("int_val", None),
-    types_pb2.DT_INT16: ("int_val", None),
-    types_pb2.DT_INT32: ("int_val", None),
-    types_pb2.DT_UINT8: ("int_val", None),
-    types_pb2.DT_UINT16: ("int_val", None),
-    types_pb2.DT_INT64: ("int64_val", None),
-    types_pb2.DT_UINT32: ("uint32_val", None),
-    types_pb2.DT_UINT64: ("uint64_val", None),
-    types_pb2.DT_HALF: ("half_val", np.uint16),
-    types_pb2.DT_BFLOAT16: ("half_val", np.uint16),
-    types_pb2.DT_COMPLEX64: ("scomplex_val", np.float32),
-    types_pb2.DT_COMPLEX128: ("dcomplex_val", np.float64),
-}
-
-
-def to_tensor_proto(array: np.ndarray, as_content: bool = False) -> tensor_pb2.TensorProto:
-    """Serialises like TF Serving: typed ``*_val`` fields unless ``as_content`` (its
-    ``--enable_serialization_as_tensor_content``); make_tensor_proto alone would use tensor_content."""
-    proto = tf.make_tensor_proto(array)
-    if as_content or not proto.tensor_content or proto.dtype not in _PROTO_FIELDS:
-        return proto
-    field, view_as = _PROTO_FIELDS[proto.dtype]
-    values = np.ascontiguousarray(array).ravel()
-    if view_as is not None:
-        values = values.view(view_as)  # half_val holds bit patterns; complex fields interleave re, im
-    proto.ClearField("tensor_content")
-    getattr(proto, field).extend(values.tolist())
-    return proto
-
-
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, store: ModelStore, tensor_content: bool = False) -> None:
         self._store = store
@@ -121,7 +83,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         signature_name = spec.signature_name or DEFAULT_SIGNATURE
         servable.signature_def(signature_name)  # an unknown signature outranks bad inputs, as in TF Serving
         inputs = {alias: to_ndarray(alias, proto) for alias, proto in request.inputs.items()}
-        outputs = servable.predict(signature_name, inputs, list(request.output_filter))
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        outputs = servable.predict(signature_name, inputs, list(request.output_filter), deadline)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = spec.name
         response.model_spec.version.value = servable.version
@@ -161,9 +125,14 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         _unimplemented(context, "MultiInference")
 
 
+# Applies a new ModelServerConfig (ServerCore::ReloadConfig); raises ServingError when refused.
+ReloadConfig = Callable[[model_server_config_pb2.ModelServerConfig], None]
+
+
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, store: ModelStore) -> None:
+    def __init__(self, store: ModelStore, reload_config: ReloadConfig | None = None) -> None:
         self._store = store
+        self._reload_config = reload_config
 
     @_status_from_serving_errors
     def GetModelStatus(
@@ -180,11 +149,29 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             entry.status.error_message = status.error_message
         return response
 
-    def HandleReloadConfigRequest(self, request: Any, context: grpc.ServicerContext) -> None:
-        _unimplemented(context, "HandleReloadConfigRequest")
+    @_status_from_serving_errors
+    def HandleReloadConfigRequest(
+        self, request: model_management_pb2.ReloadConfigRequest, context: grpc.ServicerContext
+    ) -> model_management_pb2.ReloadConfigResponse:
+        if self._reload_config is None:
+            _unimplemented(context, "HandleReloadConfigRequest")
+        if request.config.WhichOneof("config") != "model_config_list":
+            # Wording of model_service_impl.cc.
+            raise InvalidArgumentError(
+                "ServerModelConfig type not supported by HandleReloadConfigRequest. "
+                "Only ModelConfigList is currently supported"
+            )
+        self._reload_config(request.config)
+        return model_management_pb2.ReloadConfigResponse()
 
 
-def build_server(store: ModelStore, port: int, max_threads: int, tensor_content: bool = False) -> grpc.Server:
+def build_server(
+    store: ModelStore,
+    port: int,
+    max_threads: int,
+    tensor_content: bool = False,
+    reload_config: ReloadConfig | None = None,
+) -> grpc.Server:
     """A gRPC server bound to ``0.0.0.0:port`` as tensorflow_model_server binds; not started yet."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="grpc"),
@@ -199,6 +186,6 @@ def build_server(store: ModelStore, port: int, max_threads: int, tensor_content:
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(store, tensor_content), server
     )
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(store), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(store, reload_config), server)
     server.add_insecure_port(f"0.0.0.0:{port}")
     return server

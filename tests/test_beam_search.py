@@ -161,3 +161,16 @@ def test_tiny_top_p_samples_the_most_likely_token_every_step() -> None:
             break
         greedy.append(token)
     assert samples == [tuple(greedy)]
+
+
+def test_unknown_word_token_is_never_emitted() -> None:
+    unk = 3
+    table = np.full((VOCAB, VOCAB), -8.0)
+    table[:, unk] = -0.01  # a model that mostly predicts <unk>
+    for search in (
+        BeamSearch(SearchSettings(beam_width=3, n_best=3, max_length=5), START, END, SEP, 1, unk_id=unk),
+        Sampling(SamplingSettings(n=3, k=VOCAB, max_length=5, seed=1), START, END, SEP, 1, unk_id=unk),
+    ):
+        run(search, table)
+        assert search.results()
+        assert all(unk not in h.ids for h in search.results())

@@ -8,7 +8,17 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from export.bundle import CONFIG, CURVES, HISTORY, VOCABULARY, WEIGHTS, assemble, save_bundle
+from export.bundle import (
+    CONFIG,
+    CURVES,
+    HISTORY,
+    TRAINING,
+    VOCABULARY,
+    WEIGHTS,
+    assemble,
+    load_train_config,
+    save_bundle,
+)
 from memefly.contract import DECODE_STEP, ENCODE, METADATA
 from tests.support import MODEL_NAME
 
@@ -18,9 +28,10 @@ def test_bundle_holds_only_small_files_and_assembles_to_the_same_model(
 ) -> None:
     bundle = tmp_path / "bundle"
     save_bundle(tiny_training, bundle)
-    assert sorted(p.name for p in bundle.iterdir()) == sorted([CONFIG, VOCABULARY, WEIGHTS, HISTORY, CURVES])
+    assert sorted(p.name for p in bundle.iterdir()) == sorted([CONFIG, VOCABULARY, WEIGHTS, HISTORY, TRAINING, CURVES])
     assert json.loads((bundle / HISTORY).read_text())["loss"]
     assert (bundle / CURVES).read_bytes().startswith(b"\x89PNG")
+    assert load_train_config(bundle) == tiny_training.train_config
 
     version_dir = assemble(bundle, tmp_path / "models", version=3)
     assert version_dir == tmp_path / "models" / MODEL_NAME / "3"
@@ -42,3 +53,24 @@ def test_bundle_holds_only_small_files_and_assembles_to_the_same_model(
     # float16 weights: the same ranking and nearly the same log-probabilities.
     np.testing.assert_allclose(a["top_log_probs"], b["top_log_probs"], atol=0.05)
     assert a["top_ids"].numpy()[:, :2].tolist() == b["top_ids"].numpy()[:, :2].tolist()
+
+
+def test_evaluation_report_has_every_metric(tiny_training, tmp_path: Path, data_folder: Path) -> None:
+    from export.evaluate import EvaluationSettings, distinct_n, evaluate, write_reports
+
+    assert distinct_n([["a", "b", "a", "b"]], 2) == 2 / 3
+    bundle = tmp_path / "bundle"
+    save_bundle(tiny_training, bundle)
+    report = evaluate(
+        bundle,
+        data_folder,
+        EvaluationSettings(samples_per_template=4, max_validation_captions=200, retrieval_min_captions=50),
+    )
+    assert 1 < report["perplexity_with_image"] < tiny_training.contract.vocab_size
+    assert report["perplexity_image_blanked"] > 1
+    assert 0 < report["distinct_1"] <= 1 and 0 < report["distinct_2"] <= 1
+    assert 0 <= report["verbatim_copy_share"] <= 1
+    assert 0 <= report["template_retrieval_top1"] <= 1 and report["template_retrieval_captions"] > 0
+    assert report["templates_sampled"] == 8
+    write_reports(report, tmp_path / "report")
+    assert "| perplexity_ratio |" in (tmp_path / "report" / "EVALUATION.md").read_text()

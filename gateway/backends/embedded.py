@@ -28,6 +28,7 @@ class EmbeddedBackend:
         self.model_name = model_name
         self.version = latest_version(self.model_dir)
         self._loaded = tf.saved_model.load(str(self.model_dir / str(self.version)))
+        self.signatures = self._loaded.signatures
         self._encode = self._loaded.signatures[ENCODE]
         self._decode_step = self._loaded.signatures[DECODE_STEP]
         self._metadata = self._loaded.signatures[METADATA]
