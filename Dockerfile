@@ -1,5 +1,6 @@
 # The gateway. Runs as a non-root user; talks to TF Serving over gRPC (MEMEFLY_BACKEND=tfserving).
 FROM python:3.11-slim
+RUN apt-get update && apt-get install -y --no-install-recommends fonts-dejavu-core && rm -rf /var/lib/apt/lists/*
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 WORKDIR /app
 COPY pyproject.toml README.md ./
