@@ -25,7 +25,7 @@ from export.model import ModelConfig
 from export.tokenizer import caption_text
 from export.train import training_split
 from gateway.backends.embedded import EmbeddedBackend
-from gateway.captioner import Captioner
+from gateway.captioner import ModelSession
 from gateway.search import SamplingSettings
 from memefly.contract import ENCODE, SCORE, TOKENIZE
 
@@ -96,7 +96,8 @@ def evaluate(bundle_dir: Path, data_folder: Path, settings: EvaluationSettings |
         assemble(bundle_dir, Path(models), version=1)
         backend = EmbeddedBackend(Path(models), model_config.model_name)
         signatures = backend.signatures
-        captioner = Captioner(backend, backend.load_metadata())
+        session = ModelSession(backend)
+        captioner = session.captioner()
 
         image_bytes = {t.id: t.image_path.read_bytes() for t in templates}
         contexts = {t: backend.encode([b])[0] for t, b in image_bytes.items()}
@@ -125,6 +126,8 @@ def evaluate(bundle_dir: Path, data_folder: Path, settings: EvaluationSettings |
             sampled_ids = _id_sequences(signatures, [caption_text(c.boxes) for c in result.captions])
             copies += sum(ids in seen for ids in sampled_ids)
             total += len(sampled_ids)
+
+        session.scheduler.close()
 
     retrieval, retrieval_queries = template_retrieval(train_captions, generated, settings.retrieval_min_captions)
     return {

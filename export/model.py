@@ -2,33 +2,71 @@
 
 `ModelConfig` names every setting; `build_encoder` and `build_decoder` turn it into Keras pieces that
 training fits and `export/saved_model.py` wraps in the contract's signatures.
+
+Two decoders share one interface, so the export and the gateway never ask which one they have:
+
+- `gru`: Memefly's par-inject GRU over a pooled image vector; its `decode_step` state is the GRU state.
+- `transformer`: a transformer encoder block over the spatial feature map and a causal transformer decoder
+  with cross-attention, as in Keras' "image captioning with transformers" example. Its `decode_step`
+  state is the token prefix, so the state stays small and the decoder re-reads the prefix every step.
+
+Interface of both: `call((tokens, features))` → logits (training, on the frozen encoder's features),
+`encode_context(features)` → the context `encode` returns, `decode(tokens, context)` → logits (teacher
+forcing on that context, used by `score`), `step(tokens, state, context)` → (logits, state), and the
+attributes `state_size` and `context_shape`.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+import math
+import os
+import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
-from export.efficientnet_lite import build_efficientnet_lite0, preprocess_batch
+from export.efficientnet_lite import (
+    IMAGE_SIZE,
+    RESIZE_SHORTER,
+    _flag_animated_webp_alpha,
+    _to_rgb,
+    build_efficientnet_lite0,
+    feature_map_model,
+    preprocess_batch,
+)
+
+DECODERS = ("gru", "transformer")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     model_name: str = "memefly"
     encoder: str = "efficientnet_lite0"
+    """efficientnet_lite0, tiny_cnn (tests), or a keras.applications model whose weights are cached."""
     decoder: str = "gru"
     vocab_size: int = 6000
     min_count: int = 2
     max_length: int = 24
     embed_dim: int = 128
+    """GRU only: word and image embedding size."""
     state_size: int = 256
+    """GRU only: its hidden size. The transformer's `decode_step` state is 1 + max_length wide."""
     dropout: float = 0.2
     context_noise: float = 0.1
     seed: int = 1234
+    d_model: int = 128
+    """Transformer only (as are the fields below): the width of every layer and of the context `encode` returns."""
+    num_heads: int = 4
+    num_layers: int = 2
+    """Decoder blocks (causal self-attention, cross-attention, feed-forward)."""
+    ff_dim: int = 512
+    encoder_layers: int = 1
+    """Encoder blocks (self-attention, feed-forward) over the projected feature map."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -38,17 +76,32 @@ class ModelConfig:
         return cls(**json.loads(path.read_text()))
 
 
-class ImageEncoder(tf.Module):
-    """JPEG/PNG bytes [B] → context [B, C]; preprocessing runs in-graph so serving matches training."""
+# --------------------------------------------------------------------------------------------------
+# Image encoders
+# --------------------------------------------------------------------------------------------------
 
-    def __init__(self, backbone: keras.Model, image_size: int) -> None:
+
+class ImageEncoder(tf.Module):
+    """JPEG/PNG bytes [B] → features [B, C] (pooled) or [B, P, C] (P positions of the feature map).
+
+    Preprocessing runs in-graph so serving matches training. `context_shape` is the features' shape
+    without the batch; the decoder may turn the features into a smaller context (`encode_context`).
+    """
+
+    def __init__(
+        self,
+        backbone: keras.Model,
+        image_size: int,
+        preprocess: Callable[[tf.Tensor], tf.Tensor] = preprocess_batch,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.image_size = image_size
+        self.preprocess = preprocess
         self.context_shape: tuple[int, ...] = tuple(int(d) for d in backbone.output_shape[1:])
 
     def __call__(self, image_bytes: tf.Tensor) -> tf.Tensor:
-        return self.backbone(preprocess_batch(image_bytes), training=False)
+        return self.backbone(self.preprocess(image_bytes), training=False)
 
 
 def _tiny_cnn(seed: int) -> keras.Model:
@@ -66,15 +119,228 @@ def _tiny_cnn(seed: int) -> keras.Model:
     )
 
 
-def build_encoder(config: ModelConfig) -> ImageEncoder:
+def _tiny_cnn_map(seed: int) -> keras.Model:
+    """The tiny CNN's spatial variant: a [7, 7, 32] map, the same grid as EfficientNet-Lite0's."""
+    init = keras.initializers.HeNormal(seed=seed)
+    return keras.Sequential(
+        [
+            keras.Input((224, 224, 3)),
+            keras.layers.AveragePooling2D(8),
+            keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", kernel_initializer=init),
+            keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", kernel_initializer=init),
+        ],
+        name="tiny_cnn_map",
+    )
+
+
+def _positions(feature_map: keras.Model) -> keras.Model:
+    """[B, H, W, C] → [B, H·W, C]: the map as a sequence of positions for attention."""
+    height, width, channels = (int(d) for d in feature_map.output_shape[1:])
+    flat = keras.layers.Reshape((height * width, channels), name="positions")(feature_map.outputs[0])
+    return keras.Model(feature_map.inputs, flat, name=f"{feature_map.name}_positions")
+
+
+def decode_and_crop(image_bytes: tf.Tensor, image_size: int, resize_shorter: int) -> tf.Tensor:
+    """Encoded image bytes (scalar string) → float32 RGB [image_size, image_size, 3] in [0, 255].
+
+    The EfficientNet-Lite0 pipeline without its normalisation: shorter side to `resize_shorter`
+    (bicubic, antialiased), centre crop. Each keras.applications backbone normalises after this.
+    """
+    image_bytes = _flag_animated_webp_alpha(tf.convert_to_tensor(image_bytes, tf.string))
+    image = _to_rgb(tf.io.decode_image(image_bytes, channels=0, dtype=tf.uint8, expand_animations=False))
+    image.set_shape([None, None, 3])
+    shape = tf.shape(image)
+    height = tf.cast(shape[0], tf.float64)
+    width = tf.cast(shape[1], tf.float64)
+    scale = resize_shorter / tf.minimum(height, width)
+    new_height = tf.maximum(tf.cast(tf.round(height * scale), tf.int32), resize_shorter)
+    new_width = tf.maximum(tf.cast(tf.round(width * scale), tf.int32), resize_shorter)
+    resized = tf.image.resize(
+        tf.cast(image, tf.float32), tf.stack([new_height, new_width]), method="bicubic", antialias=True
+    )
+    top = (new_height - image_size) // 2
+    left = (new_width - image_size) // 2
+    cropped = tf.slice(resized, tf.stack([top, left, 0]), [image_size, image_size, 3])
+    return tf.ensure_shape(tf.clip_by_value(cropped, 0.0, 255.0), [image_size, image_size, 3])
+
+
+# --------------------------------------------------------------------------------------------------
+# keras.applications backbones, used only from the local Keras cache
+# --------------------------------------------------------------------------------------------------
+
+_KERAS_APPLICATIONS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
+_EFFICIENTNET_URL = "https://storage.googleapis.com/keras-applications/"
+
+
+@dataclass(frozen=True)
+class KerasApplication:
+    """A keras.applications model: its default input size and its ImageNet weights without the classifier."""
+
+    constructor: str
+    """The function's name in `keras.applications`, e.g. InceptionV3."""
+    image_size: int
+    weights_file: str
+    """The file name Keras caches the weights under, in $KERAS_HOME/models (default ~/.keras/models)."""
+    weights_url: str
+
+    def build(self, feature_map: bool, weights_path: Path | None) -> keras.Model:
+        """The backbone without its classifier: pooled [B, C], or the final map [B, H, W, C]."""
+        model = getattr(keras.applications, self.constructor)(
+            include_top=False,
+            weights=None,
+            input_shape=(self.image_size, self.image_size, 3),
+            pooling=None if feature_map else "avg",
+        )
+        if weights_path is not None:
+            # Loaded here rather than by weights="imagenet", which would try to download a missing file.
+            model.load_weights(str(weights_path))
+        return model
+
+    def preprocess(self) -> Callable[[tf.Tensor], tf.Tensor]:
+        """[B] encoded images → the application's input: its size, then its own `preprocess_input`."""
+        module = importlib.import_module(getattr(keras.applications, self.constructor).__module__)
+        preprocess_input = module.preprocess_input
+        size = self.image_size
+        # The same crop fraction as EfficientNet-Lite0's 224 of 256, the usual ImageNet evaluation crop.
+        resize_shorter = round(size * RESIZE_SHORTER / IMAGE_SIZE)
+
+        def preprocess(image_bytes: tf.Tensor) -> tf.Tensor:
+            images = tf.map_fn(
+                lambda one: decode_and_crop(one, size, resize_shorter),
+                image_bytes,
+                fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+            )
+            return preprocess_input(images)
+
+        return preprocess
+
+
+def _application(
+    constructor: str, image_size: int, url_folder: str, weights_file: str, url_file: str = ""
+) -> tuple[str, KerasApplication]:
+    return constructor, KerasApplication(
+        constructor, image_size, weights_file, _KERAS_APPLICATIONS_URL + url_folder + (url_file or weights_file)
+    )
+
+
+_TF_KERNELS_NOTOP = "_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+# File names and input sizes as keras.applications (Keras 3.15) asks for them with include_top=False.
+KERAS_APPLICATIONS: dict[str, KerasApplication] = dict(
+    [
+        *(
+            _application(f"ConvNeXt{size}", 224, "convnext/", f"convnext_{size.lower()}_notop.h5")
+            for size in ("Tiny", "Small", "Base", "Large", "XLarge")
+        ),
+        *(
+            _application(f"DenseNet{depth}", 224, "densenet/", f"densenet{depth}{_TF_KERNELS_NOTOP}")
+            for depth in (121, 169, 201)
+        ),
+        *(
+            (
+                f"EfficientNetB{i}",
+                KerasApplication(
+                    f"EfficientNetB{i}",
+                    size,
+                    f"efficientnetb{i}_notop.h5",
+                    f"{_EFFICIENTNET_URL}efficientnetb{i}_notop.h5",
+                ),
+            )
+            for i, size in enumerate((224, 240, 260, 300, 380, 456, 528, 600))
+        ),
+        *(
+            _application(f"EfficientNetV2{v}", size, "efficientnet_v2/", f"efficientnetv2-{v.lower()}_notop.h5")
+            for v, size in (("B0", 224), ("B1", 240), ("B2", 260), ("B3", 300), ("S", 384), ("M", 480), ("L", 480))
+        ),
+        _application("InceptionResNetV2", 299, "inception_resnet_v2/", f"inception_resnet_v2{_TF_KERNELS_NOTOP}"),
+        _application("InceptionV3", 299, "inception_v3/", f"inception_v3{_TF_KERNELS_NOTOP}"),
+        _application("MobileNet", 224, "mobilenet/", "mobilenet_1_0_224_tf_no_top.h5"),
+        _application(
+            "MobileNetV2", 224, "mobilenet_v2/", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+        ),
+        _application("MobileNetV3Large", 224, "mobilenet_v3/", "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5"),
+        _application("MobileNetV3Small", 224, "mobilenet_v3/", "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"),
+        _application("NASNetLarge", 331, "nasnet/", "nasnet_large_no_top.h5", "NASNet-large-no-top.h5"),
+        _application("NASNetMobile", 224, "nasnet/", "nasnet_mobile_no_top.h5", "NASNet-mobile-no-top.h5"),
+        *(
+            _application(f"ResNet{depth}", 224, "resnet/", f"resnet{depth}{_TF_KERNELS_NOTOP}")
+            for depth in (50, 101, 152)
+        ),
+        *(
+            _application(f"ResNet{depth}V2", 224, "resnet/", f"resnet{depth}v2{_TF_KERNELS_NOTOP}")
+            for depth in (50, 101, 152)
+        ),
+        _application("VGG16", 224, "vgg16/", f"vgg16{_TF_KERNELS_NOTOP}"),
+        _application("VGG19", 224, "vgg19/", f"vgg19{_TF_KERNELS_NOTOP}"),
+        _application("Xception", 299, "xception/", f"xception{_TF_KERNELS_NOTOP}"),
+    ]
+)
+
+
+def _name_key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def keras_application(name: str) -> KerasApplication | None:
+    """The keras.applications model an encoder name means: inception_v3, efficientnet_b0, InceptionV3, ..."""
+    key = _name_key(name)
+    return next((app for constructor, app in KERAS_APPLICATIONS.items() if _name_key(constructor) == key), None)
+
+
+def keras_cache_dir() -> Path:
+    """Where Keras keeps downloaded model weights: $KERAS_HOME/models, else ~/.keras/models."""
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models"
+
+
+class MissingWeightsError(FileNotFoundError):
+    pass
+
+
+def cached_weights(app: KerasApplication, encoder: str) -> Path:
+    """The cached ImageNet weights of `app`; this machine never downloads them."""
+    path = keras_cache_dir() / app.weights_file
+    if not path.is_file():
+        raise MissingWeightsError(
+            f"encoder {encoder!r} needs the ImageNet weights of keras.applications.{app.constructor}, and {path} "
+            f"is missing. They are never downloaded here: on a machine with internet access, download "
+            f"{app.weights_url} and copy it into {path.parent}/ (the Keras cache: $KERAS_HOME/models, by default "
+            f"~/.keras/models)."
+        )
+    return path
+
+
+def build_encoder(config: ModelConfig, pretrained: bool = True) -> ImageEncoder:
+    """The frozen encoder `config` names: pooled features for the GRU, the feature map for the transformer.
+
+    `pretrained=False` builds the same structure with random weights (structure checks; no weights read).
+    """
+    _check_decoder(config)
+    feature_map = config.decoder == "transformer"
     if config.encoder == "efficientnet_lite0":
-        backbone = build_efficientnet_lite0(include_top=False, weights=True)
+        backbone = build_efficientnet_lite0(include_top=False, weights=pretrained)
+        if feature_map:
+            backbone = feature_map_model(backbone)
+        encoder_args: tuple = (IMAGE_SIZE, preprocess_batch)
     elif config.encoder == "tiny_cnn":
-        backbone = _tiny_cnn(config.seed)
+        backbone = _tiny_cnn_map(config.seed) if feature_map else _tiny_cnn(config.seed)
+        encoder_args = (IMAGE_SIZE, preprocess_batch)
+    elif (app := keras_application(config.encoder)) is not None:
+        backbone = app.build(feature_map, cached_weights(app, config.encoder) if pretrained else None)
+        encoder_args = (app.image_size, app.preprocess())
     else:
-        raise ValueError(f"unknown encoder {config.encoder!r}; choose efficientnet_lite0 or tiny_cnn")
+        raise ValueError(
+            f"unknown encoder {config.encoder!r}; choose efficientnet_lite0, tiny_cnn or a keras.applications "
+            f"model ({', '.join(sorted(KERAS_APPLICATIONS))}, e.g. inception_v3 or efficientnet_b0)"
+        )
+    if feature_map:
+        backbone = _positions(backbone)
     backbone.trainable = False
-    return ImageEncoder(backbone, image_size=224)
+    return ImageEncoder(backbone, *encoder_args)
+
+
+# --------------------------------------------------------------------------------------------------
+# Decoders
+# --------------------------------------------------------------------------------------------------
 
 
 class GruDecoder(keras.Model):
@@ -90,6 +356,11 @@ class GruDecoder(keras.Model):
         self.dropout = keras.layers.Dropout(config.dropout, seed=config.seed)
         self.logits = keras.layers.Dense(vocab_size, name="logits")
 
+    @property
+    def context_shape(self) -> tuple[int, ...]:
+        """The context `encode` returns: the pooled features themselves."""
+        return (int(self.context_projection.kernel.shape[0]),)
+
     def call(self, inputs: tuple[tf.Tensor, tf.Tensor], training: bool = False) -> tf.Tensor:
         """Teacher forcing: (tokens [B, T], context [B, C]) → logits [B, T, V]."""
         tokens, context = inputs
@@ -99,6 +370,13 @@ class GruDecoder(keras.Model):
         sequence = self.gru(tf.concat([words, context], axis=-1), training=training)
         return self.logits(self.dropout(sequence, training=training))
 
+    def encode_context(self, features: tf.Tensor) -> tf.Tensor:
+        return features
+
+    def decode(self, tokens: tf.Tensor, context: tf.Tensor) -> tf.Tensor:
+        """Teacher forcing on an encoded context: (tokens [B, T], context [B, C]) → logits [B, T, V]."""
+        return self((tokens, context), training=False)
+
     def step(self, tokens: tf.Tensor, state: tf.Tensor, context: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """One token for each row: (tokens [N], state [N, S], context [N, C]) → (logits [N, V], state)."""
         inputs = tf.concat([self.embedding(tokens), self.context_projection(context)], axis=-1)
@@ -106,9 +384,141 @@ class GruDecoder(keras.Model):
         return self.logits(output), output
 
 
-def build_decoder(config: ModelConfig, vocab_size: int, context_shape: tuple[int, ...]) -> GruDecoder:
-    if config.decoder != "gru":
-        raise ValueError(f"unknown decoder {config.decoder!r}; this build has gru")
-    decoder = GruDecoder(config, vocab_size, name="gru_decoder")
+def _feed_forward(config: ModelConfig, name: str) -> keras.Sequential:
+    return keras.Sequential(
+        [keras.layers.Dense(config.ff_dim, activation="relu"), keras.layers.Dense(config.d_model)], name=name
+    )
+
+
+def _attention(config: ModelConfig, name: str) -> keras.layers.MultiHeadAttention:
+    return keras.layers.MultiHeadAttention(config.num_heads, key_dim=config.d_model // config.num_heads, name=name)
+
+
+class TransformerEncoderBlock(keras.layers.Layer):
+    """Self-attention over the image positions, then a feed-forward layer; post-norm residuals."""
+
+    def __init__(self, config: ModelConfig, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.attention = _attention(config, "self_attention")
+        self.feed_forward = _feed_forward(config, "feed_forward")
+        self.attention_norm = keras.layers.LayerNormalization(name="attention_norm")
+        self.feed_forward_norm = keras.layers.LayerNormalization(name="feed_forward_norm")
+        self.dropout = keras.layers.Dropout(config.dropout, seed=config.seed)
+
+    def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
+        attended = self.attention(x, x, training=training)
+        x = self.attention_norm(x + self.dropout(attended, training=training))
+        return self.feed_forward_norm(x + self.dropout(self.feed_forward(x), training=training))
+
+
+class TransformerDecoderBlock(keras.layers.Layer):
+    """Causal self-attention over the words so far, cross-attention over the image, feed-forward."""
+
+    def __init__(self, config: ModelConfig, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.self_attention = _attention(config, "self_attention")
+        self.cross_attention = _attention(config, "cross_attention")
+        self.feed_forward = _feed_forward(config, "feed_forward")
+        self.self_attention_norm = keras.layers.LayerNormalization(name="self_attention_norm")
+        self.cross_attention_norm = keras.layers.LayerNormalization(name="cross_attention_norm")
+        self.feed_forward_norm = keras.layers.LayerNormalization(name="feed_forward_norm")
+        self.dropout = keras.layers.Dropout(config.dropout, seed=config.seed)
+
+    def call(self, x: tf.Tensor, context: tf.Tensor, training: bool = False) -> tf.Tensor:
+        attended = self.self_attention(x, x, use_causal_mask=True, training=training)
+        x = self.self_attention_norm(x + self.dropout(attended, training=training))
+        attended = self.cross_attention(x, context, training=training)
+        x = self.cross_attention_norm(x + self.dropout(attended, training=training))
+        return self.feed_forward_norm(x + self.dropout(self.feed_forward(x), training=training))
+
+
+class TransformerDecoder(keras.Model):
+    """Transformer encoder over the feature map, then a causal transformer decoder with cross-attention.
+
+    `encode` returns the encoder block's output ([P, d_model]), so `decode_step` runs only the decoder
+    and a request's context on the wire is P·d_model floats rather than the backbone's P·C.
+
+    `decode_step` state, one row per beam, S = 1 + max_length floats: [position, token_0, ..., token_{L-1}],
+    the number of tokens fed so far, then those tokens (ids as floats, zero-padded). The all-zero
+    state is the empty prefix. Each step writes the new token at `position`, re-runs the decoder over
+    the prefix (causal masking makes the zero padding after it irrelevant) and returns the logits at
+    `position`: the same numbers teacher forcing gives there.
+    """
+
+    def __init__(self, config: ModelConfig, vocab_size: int, feature_shape: tuple[int, ...], **kwargs) -> None:
+        super().__init__(**kwargs)
+        if config.d_model % config.num_heads:
+            raise ValueError(f"d_model {config.d_model} is not a multiple of num_heads {config.num_heads}")
+        if len(feature_shape) != 2:
+            raise ValueError(f"the transformer attends over [positions, channels] features, got {feature_shape}")
+        self.max_length = config.max_length
+        self.state_size = 1 + config.max_length
+        self.context_shape: tuple[int, ...] = (int(feature_shape[0]), config.d_model)
+        self.embedding_scale = math.sqrt(config.d_model)
+        self.feature_noise = keras.layers.GaussianNoise(config.context_noise, seed=config.seed)
+        self.feature_norm = keras.layers.LayerNormalization(name="feature_norm")
+        self.feature_projection = keras.layers.Dense(config.d_model, activation="relu", name="feature_projection")
+        self.encoder_blocks = [
+            TransformerEncoderBlock(config, name=f"encoder_{i}") for i in range(config.encoder_layers)
+        ]
+        self.token_embedding = keras.layers.Embedding(vocab_size, config.d_model, name="token_embedding")
+        self.position_embedding = keras.layers.Embedding(config.max_length, config.d_model, name="position_embedding")
+        self.embedding_dropout = keras.layers.Dropout(config.dropout, seed=config.seed)
+        self.decoder_blocks = [TransformerDecoderBlock(config, name=f"decoder_{i}") for i in range(config.num_layers)]
+        self.dropout = keras.layers.Dropout(config.dropout, seed=config.seed)
+        self.logits = keras.layers.Dense(vocab_size, name="logits")
+
+    def encode_context(self, features: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """Backbone features [B, P, C] → context [B, P, d_model]."""
+        x = self.feature_norm(self.feature_noise(features, training=training))
+        x = self.feature_projection(x)
+        for block in self.encoder_blocks:
+            x = block(x, training=training)
+        return x
+
+    def _hidden(self, tokens: tf.Tensor, context: tf.Tensor, training: bool) -> tf.Tensor:
+        positions = tf.range(tf.shape(tokens)[1])
+        x = self.token_embedding(tokens) * self.embedding_scale + self.position_embedding(positions)[None]
+        x = self.embedding_dropout(x, training=training)
+        for block in self.decoder_blocks:
+            x = block(x, context, training=training)
+        return self.dropout(x, training=training)
+
+    def call(self, inputs: tuple[tf.Tensor, tf.Tensor], training: bool = False) -> tf.Tensor:
+        """Teacher forcing on backbone features: (tokens [B, T], features [B, P, C]) → logits [B, T, V]."""
+        tokens, features = inputs
+        context = self.encode_context(features, training=training)
+        return self.logits(self._hidden(tokens, context, training))
+
+    def decode(self, tokens: tf.Tensor, context: tf.Tensor) -> tf.Tensor:
+        """Teacher forcing on an encoded context: (tokens [B, T], context [B, P, d_model]) → logits [B, T, V]."""
+        return self.logits(self._hidden(tokens, context, training=False))
+
+    def step(self, tokens: tf.Tensor, state: tf.Tensor, context: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """One token for each row: (tokens [N], state [N, S], context [N, P, d_model]) → (logits [N, V], state)."""
+        # Past the last position (the gateway stops before) the last slot is overwritten, never out of range.
+        position = tf.minimum(tf.cast(tf.round(state[:, 0]), tf.int32), self.max_length - 1)
+        here = tf.one_hot(position, self.max_length, on_value=True, off_value=False, dtype=tf.bool)
+        prefix = tf.where(here, tokens[:, None], tf.cast(tf.round(state[:, 1:]), tf.int32))
+        hidden = tf.gather(self._hidden(prefix, context, training=False), position, batch_dims=1)
+        new_state = tf.concat([tf.cast(position + 1, tf.float32)[:, None], tf.cast(prefix, tf.float32)], axis=1)
+        return self.logits(hidden), new_state
+
+
+Decoder = GruDecoder | TransformerDecoder
+
+
+def _check_decoder(config: ModelConfig) -> None:
+    if config.decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {config.decoder!r}; choose {' or '.join(DECODERS)}")
+
+
+def build_decoder(config: ModelConfig, vocab_size: int, context_shape: tuple[int, ...]) -> Decoder:
+    """The decoder `config` names, built for features of `context_shape` (the image encoder's output)."""
+    _check_decoder(config)
+    if config.decoder == "transformer":
+        decoder: Decoder = TransformerDecoder(config, vocab_size, context_shape, name="transformer_decoder")
+    else:
+        decoder = GruDecoder(config, vocab_size, name="gru_decoder")
     decoder((tf.zeros((1, 1), tf.int32), tf.zeros((1, *context_shape))))
     return decoder

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from export.model import GruDecoder, ImageEncoder, ModelConfig
+from export.model import Decoder, ImageEncoder, ModelConfig
 from export.tokenizer import Tokenizer
 from memefly.contract import (
     DECODE_STEP,
@@ -37,9 +37,7 @@ def input_signature(spec: SignatureSpec) -> list[tf.TensorSpec]:
 class CaptionModule(tf.Module):
     """The exported model. Each signature takes and returns exactly the contract's tensors."""
 
-    def __init__(
-        self, encoder: ImageEncoder, decoder: GruDecoder, tokenizer: Tokenizer, contract: ModelContract
-    ) -> None:
+    def __init__(self, encoder: ImageEncoder, decoder: Decoder, tokenizer: Tokenizer, contract: ModelContract) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
@@ -59,7 +57,7 @@ class CaptionModule(tf.Module):
         self.end_id = contract.end_id
 
     def _encode(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {"context": self.encoder(image_bytes)}
+        return {"context": self.decoder.encode_context(self.encoder(image_bytes))}
 
     def _decode_step(
         self, tokens: tf.Tensor, state: tf.Tensor, context: tf.Tensor, context_index: tf.Tensor, k: tf.Tensor
@@ -82,7 +80,7 @@ class CaptionModule(tf.Module):
         targets = tf.concat([ids, tf.zeros([rows, 1], tf.int32)], axis=1)
         end_positions = tf.one_hot(lengths, tf.shape(targets)[1], dtype=tf.int32)
         targets += end_positions * self.end_id
-        log_probs = tf.nn.log_softmax(self.decoder((inputs, context), training=False) + self.banned_mask)
+        log_probs = tf.nn.log_softmax(self.decoder.decode(inputs, context) + self.banned_mask)
         picked = tf.gather(log_probs, targets, batch_dims=2)
         mask = tf.sequence_mask(lengths + 1, tf.shape(targets)[1], dtype=tf.float32)
         return {"log_prob": tf.reduce_sum(picked * mask, axis=1), "num_tokens": lengths + 1}
@@ -92,7 +90,7 @@ class CaptionModule(tf.Module):
 
 
 def caption_module(
-    model_config: ModelConfig, encoder: ImageEncoder, decoder: GruDecoder, tokenizer: Tokenizer, vocab_size: int
+    model_config: ModelConfig, encoder: ImageEncoder, decoder: Decoder, tokenizer: Tokenizer, vocab_size: int
 ) -> CaptionModule:
     contract = ModelContract(
         model_name=model_config.model_name,
@@ -101,8 +99,8 @@ def caption_module(
         vocab_size=vocab_size,
         max_length=model_config.max_length,
         image_size=encoder.image_size,
-        state_size=model_config.state_size,
-        context_shape=encoder.context_shape,
+        state_size=decoder.state_size,
+        context_shape=decoder.context_shape,
     )
     return CaptionModule(encoder, decoder, tokenizer, contract)
 

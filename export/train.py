@@ -58,6 +58,37 @@ PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
         ModelConfig(encoder="efficientnet_lite0", vocab_size=6000, max_length=24, embed_dim=128, state_size=256),
         TrainConfig(epochs=12, max_captions_per_template=2500, augmentations=7, patience=2),
     ),
+    # Seconds: the transformer decoder over the tiny CNN's [7, 7, 32] map, for tests.
+    "tiny-transformer": (
+        ModelConfig(
+            encoder="tiny_cnn",
+            decoder="transformer",
+            vocab_size=400,
+            min_count=2,
+            max_length=16,
+            d_model=32,
+            num_heads=2,
+            num_layers=1,
+            ff_dim=64,
+            encoder_layers=1,
+        ),
+        TrainConfig(epochs=3, max_templates=8, max_captions_per_template=150, augmentations=1, verbose=0),
+    ),
+    # The full preset's transformer counterpart: EfficientNet-Lite0's [7, 7, 1280] map, a [49, 128] context.
+    "transformer": (
+        ModelConfig(
+            encoder="efficientnet_lite0",
+            decoder="transformer",
+            vocab_size=6000,
+            max_length=24,
+            d_model=128,
+            num_heads=4,
+            num_layers=2,
+            ff_dim=512,
+            encoder_layers=1,
+        ),
+        TrainConfig(epochs=12, learning_rate=1e-3, max_captions_per_template=2500, augmentations=7, patience=2),
+    ),
 }
 
 

@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        session = ModelSession(make_backend(settings))
+        session = ModelSession(make_backend(settings), settings.max_batch_beams, settings.batch_wait_ms / 1000)
         try:
             session.captioner()
         except ModelUnavailableError:

@@ -71,8 +71,16 @@ class _Decoding:
     settings: SearchSettings | SamplingSettings
 
     def __init__(
-        self, start_id: int, end_id: int, sep_id: int, state_size: int, beams: int, unk_id: int | None
+        self,
+        start_id: int,
+        end_id: int,
+        sep_id: int,
+        state_size: int,
+        beams: int,
+        unk_id: int | None,
+        prefix: tuple[int, ...] = (),
     ) -> None:
+        self.prefix = tuple(prefix)[: self.settings.max_length - 1]
         self.end_id = end_id
         self.sep_id = sep_id
         self.unk_id = unk_id
@@ -130,6 +138,15 @@ class _Decoding:
                 self._finish(sequence, float(log_prob), self.steps)
             self._keep(np.zeros(0, np.int64), np.zeros(0, np.int32), self.state[:0], self.log_probs[:0])
 
+    def _force_prefix(self, state: np.ndarray) -> bool:
+        """While the caller's prefix lasts, every beam takes its next token regardless of the model."""
+        if self.steps >= len(self.prefix):
+            return False
+        rows = np.arange(self.num_live)
+        self._keep(rows, np.full(self.num_live, self.prefix[self.steps], np.int32), state, self.log_probs)
+        self.steps += 1
+        return True
+
     def _keep(self, beams: np.ndarray, tokens: np.ndarray, state: np.ndarray, log_probs: np.ndarray) -> None:
         self.sequences = np.concatenate([self.sequences[beams], tokens[:, None]], axis=1)
         self.tokens = tokens.astype(np.int32)
@@ -157,9 +174,10 @@ class BeamSearch(_Decoding):
         sep_id: int,
         state_size: int,
         unk_id: int | None = None,
+        prefix: tuple[int, ...] = (),
     ) -> None:
         self.settings = settings
-        super().__init__(start_id, end_id, sep_id, state_size, beams=1, unk_id=unk_id)
+        super().__init__(start_id, end_id, sep_id, state_size, beams=1, unk_id=unk_id, prefix=prefix)
 
     @property
     def _results_wanted(self) -> int:
@@ -180,6 +198,8 @@ class BeamSearch(_Decoding):
 
     def advance(self, top_log_probs: np.ndarray, top_ids: np.ndarray, state: np.ndarray) -> None:
         """Take one `decode_step` result ([live, k] log-probs and ids, [live, S] state)."""
+        if self._force_prefix(state):
+            return
         width = self.settings.beam_width
         k = top_ids.shape[1]
         candidates = np.where(self._banned(top_ids), -np.inf, self.log_probs[:, None] + top_log_probs).reshape(-1)
@@ -209,10 +229,11 @@ class Sampling(_Decoding):
         sep_id: int,
         state_size: int,
         unk_id: int | None = None,
+        prefix: tuple[int, ...] = (),
     ) -> None:
         self.settings = settings
         self.rng = np.random.default_rng(settings.seed)
-        super().__init__(start_id, end_id, sep_id, state_size, beams=settings.n, unk_id=unk_id)
+        super().__init__(start_id, end_id, sep_id, state_size, beams=settings.n, unk_id=unk_id, prefix=prefix)
 
     @property
     def _results_wanted(self) -> int:
@@ -223,6 +244,8 @@ class Sampling(_Decoding):
         return self.num_live == 0
 
     def advance(self, top_log_probs: np.ndarray, top_ids: np.ndarray, state: np.ndarray) -> None:
+        if self._force_prefix(state):
+            return
         logits = np.where(self._banned(top_ids), -np.inf, top_log_probs / self.settings.temperature)
         stuck = ~np.isfinite(logits).any(axis=1)
         if stuck.any():

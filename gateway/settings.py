@@ -27,6 +27,13 @@ class Settings(BaseSettings):
     max_length: int | None = Field(None, ge=1)
     """Caps the model's own maximum caption length."""
 
+    request_timeout_seconds: float = Field(30.0, gt=0)
+    """A request's whole budget: encoding, every decode step, waiting for its batch."""
+    max_batch_beams: int = Field(256, ge=1)
+    """The most beams one `decode_step` call carries across all requests."""
+    batch_wait_ms: float = Field(2.0, ge=0)
+    """How long a tick waits for requests that are already encoding to join it."""
+
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)
     model_input_max_side: int = Field(512, ge=64)
     """Uploads are scaled to this longest side before they go to `encode`, like the training templates."""

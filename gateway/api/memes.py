@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import threading
 from typing import Literal
 from urllib.parse import quote
 
@@ -14,10 +16,12 @@ from starlette.datastructures import UploadFile
 
 from gateway.api.deps import SessionDep, SettingsDep
 from gateway.backends import ModelUnavailableError
-from gateway.captioner import CaptionResult
+from gateway.captioner import CaptionRequest, CaptionResult
 from gateway.errors import ApiError
 from gateway.images import model_input, open_upload
 from gateway.render import render_meme
+from gateway.scheduler import DeadlineExceeded
+from gateway.search import SamplingSettings, SearchSettings
 
 router = APIRouter(tags=["memes"])
 
@@ -26,9 +30,20 @@ MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 class MemeOptions(BaseModel):
     n: int = Field(3, ge=1, le=16, description="How many captions to return (JSON); the image shows the best.")
+    decoding: Literal["beam", "sample"] = Field("beam", description="Beam search, or sampling for variety.")
     beam_width: int | None = Field(None, ge=1, le=16)
     length_penalty: float | None = Field(None, ge=0, le=4)
     max_length: int | None = Field(None, ge=1, le=64)
+    temperature: float = Field(1.0, gt=0, le=5, description="Sampling only.")
+    top_p: float = Field(0.9, gt=0, le=1, description="Sampling only: nucleus mass.")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Makes sampling and noise reproducible.")
+    noise: float = Field(0.0, ge=0, le=2, description="Gaussian noise on the image context, for variety.")
+    prefix: str = Field(
+        "",
+        max_length=200,
+        description="The caption's start, which the model completes; end it with a newline "
+        "to close the top box so the model writes the bottom one.",
+    )
     format: Literal["png", "jpeg", "webp"] = "png"
     uppercase: bool = True
 
@@ -97,6 +112,38 @@ async def _read_request(request: Request, max_bytes: int) -> tuple[bytes, MemeOp
     return data, options
 
 
+def _decoding_settings(captioner, options: MemeOptions, settings) -> SearchSettings | SamplingSettings:
+    max_length = captioner.max_length(options.max_length or settings.max_length)
+    length_penalty = settings.length_penalty if options.length_penalty is None else options.length_penalty
+    if options.decoding == "sample":
+        return SamplingSettings(
+            n=options.n,
+            temperature=options.temperature,
+            top_p=options.top_p,
+            max_length=max_length,
+            seed=options.seed,
+            length_penalty=length_penalty,
+        )
+    return SearchSettings(
+        beam_width=max(options.beam_width or settings.beam_width, options.n),
+        n_best=options.n,
+        length_penalty=length_penalty,
+        max_length=max_length,
+    )
+
+
+async def _until_done_or_disconnected(request: Request, cancel: threading.Event, work) -> CaptionResult:
+    """Await `work`; if the client goes away first, tell the decoder to stop."""
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=0.2)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            cancel.set()
+            raise ApiError(499, "client_closed_request", "the client went away")
+
+
 _REQUEST_BODY = {
     "content": {
         "multipart/form-data": {
@@ -128,16 +175,23 @@ async def create_meme(request: Request, settings: SettingsDep, session: SessionD
     image = open_upload(data)
     try:
         captioner = await run_in_threadpool(session.captioner)
-        search = captioner.search_settings(
-            beam_width=max(options.beam_width or settings.beam_width, options.n),
-            n_best=options.n,
-            length_penalty=settings.length_penalty if options.length_penalty is None else options.length_penalty,
-            max_length=options.max_length or settings.max_length,
-        )
+        decoding = _decoding_settings(captioner, options, settings)
         jpeg = await run_in_threadpool(model_input, image, settings.model_input_max_side)
-        result: CaptionResult = await run_in_threadpool(captioner.caption, jpeg, search)
+        cancel = threading.Event()
+        caption_request = CaptionRequest(
+            prefix=options.prefix,
+            context_noise=options.noise,
+            seed=options.seed,
+            timeout_seconds=settings.request_timeout_seconds,
+            cancel=cancel,
+        )
+        result = await _until_done_or_disconnected(
+            request, cancel, run_in_threadpool(captioner.caption, jpeg, decoding, caption_request)
+        )
     except ModelUnavailableError as error:
         raise ApiError(503, "model_unavailable", str(error), {"Retry-After": "1"}) from error
+    except DeadlineExceeded as error:
+        raise ApiError(504, "deadline_exceeded", f"no caption within {settings.request_timeout_seconds} s") from error
     except ValueError as error:
         raise ApiError(422, "invalid_image", str(error)) from error
 

@@ -39,6 +39,10 @@ class ModelBackend(Protocol):
 
     def encode(self, image_bytes: list[bytes]) -> np.ndarray: ...
 
+    def tokenize(self, text: str) -> tuple[int, ...]:
+        """The model's own tokens for `text` (its `tokenize` signature): no tokenizer in the gateway."""
+        ...
+
     def decode_step(
         self, tokens: np.ndarray, state: np.ndarray, context: np.ndarray, context_index: np.ndarray, k: int
     ) -> DecodeStepResult: ...

@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from gateway.backends.base import DecodeStepResult, ModelInfo, ModelUnavailableError
-from memefly.contract import DECODE_STEP, ENCODE, METADATA, ModelContract
+from memefly.contract import DECODE_STEP, ENCODE, METADATA, TOKENIZE, ModelContract
 
 
 def latest_version(model_dir: Path) -> int:
@@ -44,6 +44,10 @@ class EmbeddedBackend:
             return self._encode(image_bytes=tf.constant(image_bytes, tf.string))["context"].numpy()
         except tf.errors.InvalidArgumentError as error:
             raise ValueError(f"the model could not decode the image: {error.message}") from error
+
+    def tokenize(self, text: str) -> tuple[int, ...]:
+        outputs = self._loaded.signatures[TOKENIZE](text=tf.constant([text]))
+        return tuple(outputs["ids"].numpy()[0, : int(outputs["lengths"].numpy()[0])].tolist())
 
     def decode_step(
         self, tokens: np.ndarray, state: np.ndarray, context: np.ndarray, context_index: np.ndarray, k: int

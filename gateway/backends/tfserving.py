@@ -10,7 +10,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from gateway.backends.base import DecodeStepResult, ModelInfo, ModelUnavailableError
 from gateway.tensors import array_to_proto, proto_to_array, strings_to_proto
-from memefly.contract import DECODE_STEP, ENCODE, METADATA, ModelContract
+from memefly.contract import DECODE_STEP, ENCODE, METADATA, TOKENIZE, ModelContract
 
 # Predict is idempotent, so a call that found the server unavailable is retried by grpc itself,
 # bounded and with backoff; every other failure reaches the caller at once.
@@ -77,6 +77,11 @@ class TfServingBackend:
     def encode(self, image_bytes: list[bytes]) -> np.ndarray:
         response = self._predict(ENCODE, {"image_bytes": strings_to_proto(image_bytes)})
         return proto_to_array(response.outputs["context"])
+
+    def tokenize(self, text: str) -> tuple[int, ...]:
+        response = self._predict(TOKENIZE, {"text": strings_to_proto([text.encode("utf-8")])})
+        ids = proto_to_array(response.outputs["ids"])[0]
+        return tuple(ids[: int(proto_to_array(response.outputs["lengths"])[0])].tolist())
 
     def decode_step(
         self, tokens: np.ndarray, state: np.ndarray, context: np.ndarray, context_index: np.ndarray, k: int

@@ -1,0 +1,172 @@
+"""A SageMaker endpoint running AWS's TensorFlow Serving container, called through sagemaker-runtime.
+
+Every call is one `InvokeEndpoint` carrying TF Serving's REST predict body in columnar form
+(`{"signature_name": ..., "inputs": {...}}`; image bytes as `{"b64": ...}`), and the container's
+custom attributes `tfs-model-name=...,tfs-method=predict[,tfs-model-version=N]`.
+
+The vocabulary and contract come from the `metadata_rest` signature. The `metadata` signature
+cannot be used here: it takes no inputs, and TF Serving's REST API refuses every such signature
+("Failed to get input map for signature: metadata"). SageMaker reaches the container only through
+`POST /invocations`, which the container turns into `POST /v1/models/<name>[/versions/<v>]:<tfs-method>`.
+TF Serving answers POST only for `:predict`, `:classify` and `:regress`, so `tfs-method=metadata`
+is "Malformed request". Its `GET .../metadata` route is out of reach, and it returns signature
+definitions, not the vocabulary. `metadata_rest` returns the same outputs as `metadata` and takes
+one ignored scalar, so REST can call it. The export does not write it yet; see infra/README.md.
+
+TF Serving's REST answers do not carry the model version. Set `model_version` to pin it (the deploy
+does), so that `encode` and `decode_step` always reach the version whose vocabulary was read.
+Without a pin, the reported version is 0 ("whatever the endpoint serves").
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import boto3
+import numpy as np
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from gateway.backends.base import DecodeStepResult, ModelInfo, ModelUnavailableError
+from memefly.contract import DECODE_STEP, ENCODE, TOKENIZE, ModelContract
+
+METADATA_REST = "metadata_rest"
+"""The proposed REST-callable twin of `metadata`: input `unused` int32 [], outputs as `metadata`."""
+METADATA_REST_INPUT = "unused"
+UNPINNED_VERSION = 0
+_SIGNATURE_MISSING = "not found in signature def"
+
+
+class SageMakerBackend:
+    name = "sagemaker"
+
+    def __init__(
+        self,
+        endpoint_name: str,
+        model_name: str,
+        region: str,
+        model_version: int | None = None,
+        endpoint_url: str | None = None,
+        connect_timeout_seconds: float = 2.0,
+        read_timeout_seconds: float = 10.0,
+        max_attempts: int = 3,
+    ) -> None:
+        self.endpoint_name = endpoint_name
+        self.model_name = model_name
+        self.model_version = model_version
+        config = Config(
+            region_name=region,
+            connect_timeout=connect_timeout_seconds,
+            read_timeout=read_timeout_seconds,
+            # Standard mode retries throttling, 5xx from the service and connection errors, with backoff.
+            # A container's answer (ModelError, 424) is never retried: it is the model's final word.
+            retries={"mode": "standard", "max_attempts": max_attempts},
+        )
+        self._client = boto3.client("sagemaker-runtime", endpoint_url=endpoint_url, config=config)
+        self._attributes = f"tfs-model-name={model_name},tfs-method=predict"
+        if model_version is not None:
+            self._attributes += f",tfs-model-version={model_version}"
+
+    def load_metadata(self) -> ModelInfo:
+        try:
+            outputs = self._predict(METADATA_REST, {METADATA_REST_INPUT: 0})
+        except ValueError as error:
+            if _SIGNATURE_MISSING not in str(error):
+                raise
+            raise ModelUnavailableError(
+                f"endpoint {self.endpoint_name}: the model has no `{METADATA_REST}` signature, so its vocabulary and "
+                f"contract cannot be read over SageMaker (TF Serving's REST API cannot call the input-less "
+                f"`metadata` signature). Re-export the model with `{METADATA_REST}` ({error})"
+            ) from error
+        vocabulary = tuple(str(word) for word in _named(outputs, "vocabulary"))
+        # A scalar in the signature; read as a 1-element list too, which is what the local stand-in can send today.
+        contract = ModelContract.from_json(str(np.asarray(_named(outputs, "contract")).reshape(-1)[0]))
+        version = UNPINNED_VERSION if self.model_version is None else self.model_version
+        return ModelInfo(self.model_name, version, vocabulary, contract)
+
+    def encode(self, image_bytes: list[bytes]) -> np.ndarray:
+        images = [{"b64": base64.b64encode(image).decode("ascii")} for image in image_bytes]
+        try:
+            outputs = self._predict(ENCODE, {"image_bytes": images})
+        except ValueError as error:
+            raise ValueError(f"the model could not decode the image: {error}") from error
+        return np.asarray(_named(outputs, "context"), np.float32)
+
+    def tokenize(self, text: str) -> tuple[int, ...]:
+        outputs = self._predict(TOKENIZE, {"text": [text]})
+        ids = np.asarray(_named(outputs, "ids"), np.int32).reshape(1, -1)[0]
+        length = int(np.asarray(_named(outputs, "lengths"), np.int32).reshape(-1)[0])
+        return tuple(ids[:length].tolist())
+
+    def decode_step(
+        self, tokens: np.ndarray, state: np.ndarray, context: np.ndarray, context_index: np.ndarray, k: int
+    ) -> DecodeStepResult:
+        outputs = self._predict(
+            DECODE_STEP,
+            {
+                "tokens": np.asarray(tokens, np.int32).tolist(),
+                # float32 → Python float is exact, and JSON writes the shortest text that reads back the same.
+                "state": np.asarray(state, np.float32).tolist(),
+                "context": np.asarray(context, np.float32).tolist(),
+                "context_index": np.asarray(context_index, np.int32).tolist(),
+                "k": int(k),
+            },
+        )
+        return DecodeStepResult(
+            np.asarray(_named(outputs, "top_log_probs"), np.float32),
+            np.asarray(_named(outputs, "top_ids"), np.int32),
+            np.asarray(_named(outputs, "state"), np.float32),
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _predict(self, signature: str, inputs: dict[str, Any]) -> Any:
+        body = json.dumps({"signature_name": signature, "inputs": inputs}, separators=(",", ":"))
+        try:
+            response = self._client.invoke_endpoint(
+                EndpointName=self.endpoint_name,
+                Body=body.encode("utf-8"),
+                ContentType="application/json",
+                Accept="application/json",
+                CustomAttributes=self._attributes,
+            )
+            answer = response["Body"].read()
+        except ClientError as error:
+            raise self._error(signature, error) from error
+        except BotoCoreError as error:  # connection refused, timeouts, no credentials
+            raise ModelUnavailableError(f"endpoint {self.endpoint_name}: {error}") from error
+        try:
+            return json.loads(answer)["outputs"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise ModelUnavailableError(
+                f"endpoint {self.endpoint_name} answered {signature} with {response.get('ContentType')!r} "
+                f"{answer[:200]!r}, not TF Serving's columnar JSON"
+            ) from error
+
+    def _error(self, signature: str, error: ClientError) -> Exception:
+        details = error.response
+        code = details.get("Error", {}).get("Code", "")
+        if code == "ModelError":
+            status = int(details.get("OriginalStatusCode") or 0)
+            message = _tf_serving_message(details.get("OriginalMessage", ""))
+            # 404 is TF Serving's "Servable not found": the pinned version is not (or no longer) loaded.
+            if 400 <= status < 500 and status != 404:
+                return ValueError(f"the model rejected the input ({signature}): {message}")
+            return ModelUnavailableError(f"endpoint {self.endpoint_name}: {signature}: HTTP {status}: {message}")
+        message = details.get("Error", {}).get("Message", str(error))
+        return ModelUnavailableError(f"endpoint {self.endpoint_name}: {code or 'error'}: {message}")
+
+
+def _named(outputs: Any, name: str) -> Any:
+    """TF Serving's columnar answer drops the names when a signature has a single output."""
+    return outputs[name] if isinstance(outputs, dict) else outputs
+
+
+def _tf_serving_message(original: str) -> str:
+    try:
+        return str(json.loads(original)["error"])
+    except (ValueError, KeyError, TypeError):
+        return original

@@ -1,0 +1,263 @@
+"""Continuous batching: the decode steps of every request in flight go to the model tier as one call.
+
+As in TGI and vLLM, requests join and leave between ticks. Each tick stacks the live beams of all
+active searches into one `decode_step` call (each request's context sent once, its beams pointing at
+it through `context_index`), splits the top-k back and advances each search. Encoder calls are merged
+the same way. A lone request is never delayed; a tick waits (briefly, bounded) only while requests
+that are already encoding are about to join.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gateway.backends import ModelBackend
+from gateway.search import BeamSearch, Sampling
+
+
+def _settle(future: Future, result=None, error: BaseException | None = None) -> None:
+    """Resolve a future unless it already is (a request may have given up on it)."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class DeadlineExceeded(TimeoutError):
+    """The request's deadline passed before its caption was finished."""
+
+
+class Cancelled(RuntimeError):
+    """The request was withdrawn (its client went away)."""
+
+
+@dataclass
+class _Job:
+    search: BeamSearch | Sampling
+    context: np.ndarray
+    deadline: float
+    cancel: threading.Event | None = None
+    future: Future = field(default_factory=Future)
+    steps: int = 0
+    cancelled: bool = False
+
+    @property
+    def withdrawn(self) -> bool:
+        return self.cancelled or (self.cancel is not None and self.cancel.is_set())
+
+
+@dataclass
+class _EncodeJob:
+    image: bytes
+    deadline: float
+    future: Future = field(default_factory=Future)
+
+
+@dataclass
+class BatchStats:
+    decode_calls: int = 0
+    decode_beams: int = 0
+    encode_calls: int = 0
+    encode_images: int = 0
+
+    @property
+    def mean_decode_batch(self) -> float:
+        return self.decode_beams / self.decode_calls if self.decode_calls else 0.0
+
+
+class BatchScheduler:
+    """One worker thread runs every model call; request threads only enqueue and wait."""
+
+    def __init__(
+        self,
+        backend: ModelBackend,
+        max_batch_beams: int = 256,
+        batch_wait_seconds: float = 0.002,
+        on_decode_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.max_batch_beams = max_batch_beams
+        self.batch_wait_seconds = batch_wait_seconds
+        self.on_decode_batch = on_decode_batch
+        self.stats = BatchStats()
+        self._jobs: list[_Job] = []
+        self._encodes: list[_EncodeJob] = []
+        self._pending = 0  # requests between encode and their first decode step
+        self._wake = threading.Condition()
+        self._closed = False
+        self._worker = threading.Thread(target=self._run, name="batch-scheduler", daemon=True)
+        self._worker.start()
+
+    # Request side -----------------------------------------------------------------------------
+
+    def encode(self, image: bytes, deadline: float) -> np.ndarray:
+        """The context row for one image; blocks until the merged `encode` call returns."""
+        job = _EncodeJob(image, deadline)
+        with self._wake:
+            self._check_open()
+            self._encodes.append(job)
+            self._pending += 1
+            self._wake.notify()
+        try:
+            return self._wait(job.future, deadline)
+        except BaseException:
+            self._left_pending()
+            raise
+
+    def decode(
+        self,
+        search: BeamSearch | Sampling,
+        context: np.ndarray,
+        deadline: float,
+        cancel: threading.Event | None = None,
+    ) -> int:
+        """Run `search` to the end; returns how many `decode_step` calls it took part in. Setting
+        `cancel` withdraws it before the next tick."""
+        job = _Job(search, context, deadline, cancel)
+        with self._wake:
+            self._check_open()
+            self._jobs.append(job)
+            self._pending = max(0, self._pending - 1)
+            self._wake.notify()
+        try:
+            return self._wait(job.future, deadline)
+        finally:
+            job.cancelled = True
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._worker.join(timeout=5)
+
+    def _left_pending(self) -> None:
+        with self._wake:
+            self._pending = max(0, self._pending - 1)
+            self._wake.notify()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the scheduler is shut down")
+
+    @staticmethod
+    def _wait(future: Future, deadline: float):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded("deadline passed")
+        try:
+            return future.result(timeout=remaining)
+        except TimeoutError as error:
+            if isinstance(error, DeadlineExceeded):
+                raise
+            raise DeadlineExceeded("deadline passed while decoding") from error
+
+    # Worker side ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and not self._encodes and not self._jobs:
+                    self._wake.wait()
+                if self._closed:
+                    self._fail_all(RuntimeError("the scheduler is shut down"))
+                    return
+                # Requests already encoding will join this tick if we wait a moment for them.
+                if self._pending and not self._encodes and self.batch_wait_seconds > 0:
+                    self._wake.wait(self.batch_wait_seconds)
+                encodes, self._encodes = self._encodes, []
+            if encodes:
+                self._run_encodes(encodes)
+            self._run_decode_tick()
+
+    def _run_encodes(self, jobs: list[_EncodeJob]) -> None:
+        now = time.monotonic()
+        live = [job for job in jobs if job.deadline > now]
+        for job in jobs:
+            if job.deadline <= now:
+                _settle(job.future, error=DeadlineExceeded("deadline passed before encoding"))
+        if not live:
+            return
+        try:
+            contexts = self.backend.encode([job.image for job in live])
+        except Exception as error:  # every waiting request learns why
+            for job in live:
+                _settle(job.future, error=error)
+            return
+        self.stats.encode_calls += 1
+        self.stats.encode_images += len(live)
+        for job, context in zip(live, contexts, strict=True):
+            _settle(job.future, context)
+
+    def _take_batch(self) -> list[_Job]:
+        now = time.monotonic()
+        with self._wake:
+            keep = []
+            for job in self._jobs:
+                if job.withdrawn:
+                    _settle(job.future, error=Cancelled("request withdrawn"))
+                elif job.deadline <= now:
+                    _settle(job.future, error=DeadlineExceeded("deadline passed while decoding"))
+                else:
+                    keep.append(job)
+            self._jobs = keep
+            batch, beams = [], 0
+            for job in keep:
+                if batch and beams + job.search.num_live > self.max_batch_beams:
+                    break
+                batch.append(job)
+                beams += job.search.num_live
+            return batch
+
+    def _run_decode_tick(self) -> None:
+        batch = self._take_batch()
+        if not batch:
+            return
+        tokens = np.concatenate([job.search.tokens for job in batch])
+        state = np.concatenate([job.search.state for job in batch])
+        context = np.stack([job.context for job in batch])
+        context_index = np.repeat(np.arange(len(batch), dtype=np.int32), [job.search.num_live for job in batch])
+        k = max(job.search.k for job in batch)
+        try:
+            step = self.backend.decode_step(tokens, state, context, context_index, k)
+        except Exception as error:
+            with self._wake:
+                self._jobs = [job for job in self._jobs if job not in batch]
+            for job in batch:
+                _settle(job.future, error=error)
+            return
+        self.stats.decode_calls += 1
+        self.stats.decode_beams += len(tokens)
+        if self.on_decode_batch is not None:
+            self.on_decode_batch(len(tokens))
+        start = 0
+        finished = []
+        for job in batch:
+            rows = slice(start, start + job.search.num_live)
+            start = rows.stop
+            own_k = job.search.k
+            try:
+                job.search.advance(step.top_log_probs[rows, :own_k], step.top_ids[rows, :own_k], step.state[rows])
+            except Exception as error:  # one request's failure must not stop the others
+                _settle(job.future, error=error)
+                finished.append(job)
+                continue
+            job.steps += 1
+            if job.search.done:
+                finished.append(job)
+        with self._wake:
+            self._jobs = [job for job in self._jobs if job not in finished]
+        for job in finished:
+            _settle(job.future, job.steps)
+
+    def _fail_all(self, error: Exception) -> None:
+        for job in [*self._jobs, *self._encodes]:
+            _settle(job.future, error=error)
+        self._jobs, self._encodes = [], []

@@ -1,0 +1,113 @@
+"""Concurrent requests share decode steps, and each gets exactly the captions it gets alone."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gateway.backends.embedded import EmbeddedBackend
+from gateway.captioner import CaptionRequest, ModelSession
+from gateway.scheduler import DeadlineExceeded
+from gateway.search import SamplingSettings, SearchSettings
+from tests.support import MODEL_NAME, photo_jpeg
+
+PHOTOS = ["chelsea", "astronaut", "coffee", "rocket"]
+
+
+@pytest.fixture(scope="module")
+def session(model_base_path: Path):
+    session = ModelSession(EmbeddedBackend(model_base_path, MODEL_NAME), batch_wait_seconds=0.02)
+    yield session
+    session.close()
+
+
+@pytest.fixture(scope="module")
+def images(data_folder: Path) -> list[bytes]:
+    templates = [(data_folder / "templates" / f"{t}.jpg").read_bytes() for t in ("buzz", "wonka", "ds", "drake")]
+    return [photo_jpeg(name) for name in PHOTOS] + templates
+
+
+def caption_all(session: ModelSession, images: list[bytes], settings, concurrent: bool) -> list:
+    captioner = session.captioner()
+    if not concurrent:
+        return [captioner.caption(image, settings) for image in images]
+    barrier = threading.Barrier(len(images))
+
+    def one(image: bytes):
+        barrier.wait()
+        return captioner.caption(image, settings)
+
+    with ThreadPoolExecutor(len(images)) as pool:
+        return list(pool.map(one, images))
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [SearchSettings(beam_width=3, n_best=3, max_length=12), SamplingSettings(n=3, max_length=12, seed=5)],
+    ids=["beam", "sample"],
+)
+def test_concurrent_requests_share_decode_calls_and_match_solo_results(
+    session: ModelSession, images: list[bytes], settings
+) -> None:
+    stats = session.scheduler.stats
+    calls_before = stats.decode_calls
+    alone = caption_all(session, images, settings, concurrent=False)
+    solo_calls = stats.decode_calls - calls_before
+    assert solo_calls == sum(r.rpcs - 1 for r in alone)
+
+    calls_before, beams_before = stats.decode_calls, stats.decode_beams
+    together = caption_all(session, images, settings, concurrent=True)
+    shared_calls = stats.decode_calls - calls_before
+
+    assert shared_calls < solo_calls, "decode steps of concurrent requests are merged"
+    assert (stats.decode_beams - beams_before) / shared_calls > 3, "calls carry beams of several requests"
+    for solo, shared in zip(alone, together, strict=True):
+        assert [c.boxes for c in solo.captions] == [c.boxes for c in shared.captions]
+        np.testing.assert_allclose([c.score for c in solo.captions], [c.score for c in shared.captions], rtol=1e-4)
+        assert solo.rpcs == shared.rpcs
+
+
+def test_prefix_is_kept_and_completed(session: ModelSession, images: list[bytes]) -> None:
+    captioner = session.captioner()
+    vocabulary = captioner.info.vocabulary
+    words = [vocabulary[5], vocabulary[6]]
+    result = captioner.caption(
+        images[0], SearchSettings(beam_width=3, n_best=3, max_length=12), CaptionRequest(prefix=" ".join(words))
+    )
+    assert result.captions
+    for caption in result.captions:
+        assert caption.boxes[0].split()[:2] == words
+    closed = captioner.caption(
+        images[0], SearchSettings(beam_width=3, n_best=2, max_length=12), CaptionRequest(prefix=words[0] + "\n")
+    )
+    assert all(c.boxes[0] == words[0] and len(c.boxes) >= 2 for c in closed.captions)
+
+
+def test_sampling_with_a_seed_repeats_and_noise_varies_contexts(session: ModelSession, images: list[bytes]) -> None:
+    captioner = session.captioner()
+    settings = SamplingSettings(n=4, temperature=1.2, max_length=12, seed=9)
+    first = captioner.caption(images[1], settings, CaptionRequest(context_noise=0.5, seed=3))
+    again = captioner.caption(images[1], settings, CaptionRequest(context_noise=0.5, seed=3))
+    assert [c.boxes for c in first.captions] == [c.boxes for c in again.captions]
+
+
+def test_a_request_past_its_deadline_stops(session: ModelSession, images: list[bytes]) -> None:
+    captioner = session.captioner()
+    with pytest.raises(DeadlineExceeded):
+        captioner.caption(images[0], SearchSettings(beam_width=3, max_length=12), CaptionRequest(timeout_seconds=1e-6))
+
+
+def test_a_withdrawn_request_stops_decoding(session: ModelSession, images: list[bytes]) -> None:
+    cancel = threading.Event()
+    cancel.set()
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="withdrawn"):
+        session.captioner().caption(
+            images[0], SearchSettings(beam_width=3, max_length=12), CaptionRequest(cancel=cancel)
+        )
+    assert time.monotonic() - started < 10

@@ -1,0 +1,211 @@
+"""The gateway's SageMaker backend against the local stand-in's SageMaker contract (--sagemaker_port).
+
+The stand-in serves two models from one model config file:
+
+- `memefly`: the session's tiny model, saved again with one more signature, `metadata_rest`. This is
+  the export change the backend needs: `metadata`'s outputs behind one ignored scalar input, so that
+  TF Serving's REST API can call it (see gateway/backends/sagemaker.py). The weights are the same objects.
+- `plain`: the session's export as it is, without `metadata_rest`.
+
+boto3's sagemaker-runtime client reaches it through `endpoint_url`, as it would reach AWS.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.backends import ModelUnavailableError
+from gateway.backends.sagemaker import METADATA_REST, METADATA_REST_INPUT, SageMakerBackend
+from tests.support import MODEL_NAME, free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STARTUP_SECONDS = 90
+PLAIN = "plain"
+REGION = "us-east-1"
+
+
+def export_with_rest_metadata(module, model_dir: Path) -> None:
+    """What the export would write with the proposed `metadata_rest` signature."""
+    import tensorflow as tf
+
+    from memefly.contract import DECODE_STEP, ENCODE, METADATA, SCORE, TOKENIZE
+
+    wrapper = tf.Module()
+    wrapper.model = module
+
+    def metadata_rest(unused: tf.Tensor) -> dict[str, tf.Tensor]:
+        outputs = module.metadata()
+        # The proposal returns `contract` as a scalar, as `metadata` does. The stand-in's REST writer fails
+        # on scalar string outputs today (serving/json_tensor.py, predict_response gets `bytes`), so this
+        # test model sends it as a 1-element vector, which the backend reads too.
+        return {"vocabulary": outputs["vocabulary"], "contract": tf.reshape(outputs["contract"], [1])}
+
+    wrapper.metadata_rest = tf.function(
+        metadata_rest, input_signature=[tf.TensorSpec([], tf.int32, name=METADATA_REST_INPUT)]
+    )
+    signatures = {
+        ENCODE: module.encode,
+        DECODE_STEP: module.decode_step,
+        METADATA: module.metadata,
+        TOKENIZE: module.tokenize,
+        SCORE: module.score,
+        METADATA_REST: wrapper.metadata_rest,
+    }
+    tf.saved_model.save(wrapper, str(model_dir / "1"), signatures=signatures)
+
+
+@pytest.fixture(scope="module")
+def endpoint_url(tmp_path_factory: pytest.TempPathFactory, tiny_training, model_base_path: Path) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("sagemaker-backend")
+    export_with_rest_metadata(tiny_training.module, root / MODEL_NAME)
+    config = root / "models.config"
+    config.write_text(
+        "model_config_list { "
+        f'config {{ name: "{MODEL_NAME}" base_path: "{root / MODEL_NAME}" model_platform: "tensorflow" }} '
+        f'config {{ name: "{PLAIN}" base_path: "{model_base_path / MODEL_NAME}" model_platform: "tensorflow" }} }}'
+    )
+    port = free_port()
+    log_path = root / "server.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "serving", f"--port={free_port()}", f"--sagemaker_port={port}"]
+            + [f"--model_config_file={config}", "--file_system_poll_wait_seconds=0"],
+            cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_both_models_answer_ping(url, process, log_path)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_until_both_models_answer_ping(url: str, process: subprocess.Popen, log_path: Path) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    pending = [MODEL_NAME, PLAIN]
+    while pending and time.monotonic() < deadline:
+        assert process.poll() is None, log_path.read_text()
+        try:
+            headers = {"X-Amzn-SageMaker-Custom-Attributes": f"tfs-model-name={pending[0]}"}
+            if httpx.get(f"{url}/ping", headers=headers, timeout=2).status_code == 200:
+                pending.pop(0)
+                continue
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    if pending:
+        pytest.fail(f"/ping not 200 for {pending} after {STARTUP_SECONDS} s:\n{log_path.read_text()}")
+
+
+def backend(endpoint_url: str, model_name: str = MODEL_NAME, **options) -> SageMakerBackend:
+    return SageMakerBackend("memefly-endpoint", model_name, REGION, endpoint_url=endpoint_url, **options)
+
+
+@pytest.fixture(autouse=True)
+def fake_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+
+
+def test_captions_over_sagemaker_are_the_embedded_backends(
+    endpoint_url: str, model_base_path: Path, chelsea_jpeg: bytes
+) -> None:
+    from gateway.backends.embedded import EmbeddedBackend
+    from gateway.captioner import ModelSession
+
+    results = {}
+    for name, model_backend in {
+        "embedded": EmbeddedBackend(model_base_path, MODEL_NAME),
+        "sagemaker": backend(endpoint_url, model_version=1),
+    }.items():
+        session = ModelSession(model_backend)
+        try:
+            captioner = session.captioner()
+            settings = captioner.search_settings(beam_width=3, n_best=3, length_penalty=1.0, max_length=None)
+            results[name] = (captioner.info, captioner.caption(chelsea_jpeg, settings))
+        finally:
+            session.close()
+
+    (embedded_info, embedded), (sagemaker_info, sagemaker) = results["embedded"], results["sagemaker"]
+    assert sagemaker_info.vocabulary == embedded_info.vocabulary
+    assert sagemaker_info.contract == embedded_info.contract
+    assert sagemaker_info.version == 1
+    assert [c.boxes for c in sagemaker.captions] == [c.boxes for c in embedded.captions]
+    assert [c.log_prob for c in sagemaker.captions] == pytest.approx([c.log_prob for c in embedded.captions], abs=1e-4)
+    assert sagemaker.rpcs == embedded.rpcs
+    assert sagemaker.captions, "the model wrote no caption"
+
+
+def test_tokenize_over_sagemaker_gives_the_models_ids(endpoint_url: str) -> None:
+    model_backend = backend(endpoint_url)
+    try:
+        info = model_backend.load_metadata()
+        word = info.vocabulary[len(info.contract.special_tokens)]
+
+        assert model_backend.tokenize(word) == (len(info.contract.special_tokens),)
+    finally:
+        model_backend.close()
+
+
+def test_unpinned_backend_reports_version_zero(endpoint_url: str) -> None:
+    model_backend = backend(endpoint_url)
+    try:
+        assert model_backend.load_metadata().version == 0
+    finally:
+        model_backend.close()
+
+
+def test_bytes_that_are_no_image_are_a_value_error(endpoint_url: str) -> None:
+    model_backend = backend(endpoint_url, model_version=1)
+    try:
+        with pytest.raises(ValueError, match="could not decode the image"):
+            model_backend.encode([b"this is not a JPEG"])
+    finally:
+        model_backend.close()
+
+
+def test_a_pinned_version_the_endpoint_does_not_serve_is_unavailable(endpoint_url: str) -> None:
+    model_backend = backend(endpoint_url, model_version=7)
+    try:
+        with pytest.raises(ModelUnavailableError, match=r"HTTP 404: Servable not found for request: Specific\(memefly, 7\)"):
+            model_backend.load_metadata()
+    finally:
+        model_backend.close()
+
+
+def test_a_model_exported_without_rest_metadata_says_what_is_missing(endpoint_url: str) -> None:
+    model_backend = backend(endpoint_url, model_name=PLAIN)
+    try:
+        with pytest.raises(ModelUnavailableError, match=f"no `{METADATA_REST}` signature") as raised:
+            model_backend.load_metadata()
+        assert "cannot call the input-less `metadata` signature" in str(raised.value)
+    finally:
+        model_backend.close()
+
+
+def test_a_down_endpoint_is_unavailable_within_the_timeouts() -> None:
+    closed_port = free_port()
+    model_backend = backend(f"http://127.0.0.1:{closed_port}", connect_timeout_seconds=0.5, max_attempts=2)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ModelUnavailableError, match="memefly-endpoint: Could not connect to the endpoint URL"):
+            model_backend.load_metadata()
+    finally:
+        model_backend.close()
+    assert time.monotonic() - started < 5

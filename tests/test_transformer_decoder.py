@@ -1,0 +1,214 @@
+"""The transformer decoder trains, exports through the same code as the GRU, and keeps the contract."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from export.bundle import load_bundle, save_bundle
+from export.data import iter_captions, load_templates
+from export.model import ModelConfig, TransformerDecoder, build_decoder, build_encoder
+from export.saved_model import export_saved_model
+from export.tokenizer import Tokenizer, build_vocabulary, caption_text, write_vocabulary
+from export.train import PRESETS, make_sequences, train
+from memefly.contract import DECODE_STEP, ENCODE, METADATA, SCORE, TOKENIZE, ModelContract, signatures
+from tests.support import MODEL_NAME, photo_jpeg
+
+_DTYPES = {"string": tf.string, "int32": tf.int32, "float32": tf.float32}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, data_folder: Path):
+    model_config, train_config = PRESETS["tiny-transformer"]
+    return train(model_config, train_config, data_folder, tmp_path_factory.mktemp("transformer-train"))
+
+
+@pytest.fixture(scope="module")
+def loaded(trained, tmp_path_factory: pytest.TempPathFactory):
+    base = tmp_path_factory.mktemp("transformer-models")
+    version_dir = export_saved_model(trained.module, base / MODEL_NAME, version=1)
+    return tf.saved_model.load(str(version_dir))
+
+
+@pytest.fixture(scope="module")
+def contract(loaded) -> ModelContract:
+    return ModelContract.from_json(loaded.signatures[METADATA]()["contract"].numpy())
+
+
+@pytest.fixture(scope="module")
+def vocabulary(loaded) -> list[str]:
+    return [w.decode() for w in loaded.signatures[METADATA]()["vocabulary"].numpy()]
+
+
+def _full_distribution(step: dict[str, tf.Tensor], vocab_size: int) -> np.ndarray:
+    """A decode_step run with k = vocabulary size, back in vocabulary order."""
+    rows = np.full((step["top_ids"].shape[0], vocab_size), np.nan, np.float32)
+    np.put_along_axis(rows, step["top_ids"].numpy(), step["top_log_probs"].numpy(), axis=1)
+    return rows
+
+
+def test_the_contract_carries_the_encoded_feature_map_and_a_prefix_sized_state(
+    contract: ModelContract, trained
+) -> None:
+    config = trained.model_config
+    assert contract.decoder == "transformer"
+    assert contract.context_shape == (49, config.d_model)
+    assert contract.state_size == 1 + config.max_length
+
+
+def test_every_signature_follows_the_contract(loaded, contract: ModelContract) -> None:
+    assert set(loaded.signatures) == {spec.name for spec in signatures(contract)}
+    for spec in signatures(contract):
+        function = loaded.signatures[spec.name]
+        _, input_specs = function.structured_input_signature
+        assert set(input_specs) == {t.name for t in spec.inputs}
+        for tensor in spec.inputs:
+            assert input_specs[tensor.name].dtype == _DTYPES[tensor.dtype]
+            assert input_specs[tensor.name].shape.as_list() == list(tensor.shape)
+        outputs = function.structured_outputs
+        assert set(outputs) == {t.name for t in spec.outputs}
+        for tensor in spec.outputs:
+            assert outputs[tensor.name].dtype == _DTYPES[tensor.dtype]
+            assert outputs[tensor.name].shape.rank == len(tensor.shape)
+
+
+def test_encode_decode_step_tokenize_and_score_run_with_contract_shapes(
+    loaded, contract: ModelContract, vocabulary: list[str], chelsea_jpeg: bytes
+) -> None:
+    context = loaded.signatures[ENCODE](image_bytes=tf.constant([chelsea_jpeg, photo_jpeg("coffee")]))["context"]
+    assert context.shape == (2, *contract.context_shape)
+    assert context.dtype == tf.float32
+    assert not np.allclose(context[0], context[1]), "different photos must give different contexts"
+
+    n, k = 5, 7
+    outputs = loaded.signatures[DECODE_STEP](
+        tokens=tf.fill([n], contract.start_id),
+        state=tf.zeros([n, contract.state_size]),
+        context=context,
+        context_index=tf.constant([0, 0, 1, 1, 1]),
+        k=tf.constant(k),
+    )
+    assert outputs["top_log_probs"].shape == outputs["top_ids"].shape == (n, k)
+    assert outputs["top_ids"].dtype == tf.int32
+    assert outputs["state"].shape == (n, contract.state_size)
+    log_probs = outputs["top_log_probs"].numpy()
+    assert np.all(np.diff(log_probs, axis=1) <= 0) and np.all(log_probs <= 0)
+    np.testing.assert_allclose(log_probs[0], log_probs[1], rtol=1e-5)
+    assert not np.allclose(log_probs[0], log_probs[2])
+    assert {contract.pad_id, contract.start_id}.isdisjoint(outputs["top_ids"].numpy().ravel().tolist())
+
+    text = f"{vocabulary[7]} {vocabulary[9]}\n{vocabulary[8]}"
+    tokenized = loaded.signatures[TOKENIZE](text=tf.constant([text, ""]))
+    assert tokenized["lengths"].numpy().tolist() == [4, 0]
+    scored = loaded.signatures[SCORE](context=context, text=tf.constant([text, text]))
+    assert scored["log_prob"].shape == (2,) and np.all(scored["log_prob"].numpy() < 0)
+    assert scored["num_tokens"].numpy().tolist() == [5, 5]
+
+
+def test_score_equals_summed_decode_step_log_probs(
+    loaded, contract: ModelContract, vocabulary: list[str], chelsea_jpeg: bytes
+) -> None:
+    context = loaded.signatures[ENCODE](image_bytes=tf.constant([chelsea_jpeg]))["context"]
+    text = f"{vocabulary[7]} {vocabulary[9]}\n{vocabulary[8]}"
+    ids = loaded.signatures[TOKENIZE](text=tf.constant([text]))["ids"].numpy()[0].tolist() + [contract.end_id]
+    state = tf.zeros([1, contract.state_size])
+    token, total = contract.start_id, 0.0
+    for target in ids:
+        step = loaded.signatures[DECODE_STEP](
+            tokens=tf.constant([token]),
+            state=state,
+            context=context,
+            context_index=tf.constant([0]),
+            k=tf.constant(contract.vocab_size),
+        )
+        total += float(_full_distribution(step, contract.vocab_size)[0, target])
+        token, state = target, step["state"]
+    scored = loaded.signatures[SCORE](context=context, text=tf.constant([text]))
+    assert scored["num_tokens"].numpy().tolist() == [len(ids)]
+    assert scored["log_prob"].numpy()[0] == pytest.approx(total, abs=1e-3)
+
+
+def test_stepping_from_the_zero_state_gives_the_teacher_forced_distribution_at_every_position(
+    trained, vocabulary: list[str], chelsea_jpeg: bytes
+) -> None:
+    module, contract = trained.module, trained.contract
+    context = module.encode(image_bytes=tf.constant([photo_jpeg("coffee"), chelsea_jpeg]))["context"]
+    texts = [" ".join(vocabulary[5:12]), f"{vocabulary[20]}\n{vocabulary[6]} {vocabulary[30]}"]
+    ids = module.tokenize(text=tf.constant(texts))["ids"]
+    inputs = tf.concat([tf.fill([2, 1], contract.start_id), ids], axis=1)
+    teacher = tf.nn.log_softmax(module.decoder.decode(inputs, context) + module.banned_mask).numpy()
+    allowed = module.banned_mask.numpy() == 0
+
+    # Beams of two images in one call, as the gateway sends them; both start from zeros and `<start>`.
+    state = tf.zeros([2, contract.state_size])
+    for position in range(inputs.shape[1]):
+        step = module.decode_step(
+            tokens=inputs[:, position],
+            state=state,
+            context=context,
+            context_index=tf.constant([0, 1]),
+            k=tf.constant(contract.vocab_size),
+        )
+        stepped = _full_distribution(step, contract.vocab_size)
+        np.testing.assert_allclose(stepped[:, allowed], teacher[:, position, allowed], atol=1e-4)
+        state = step["state"]
+    final = state.numpy()
+    assert final[:, 0].tolist() == [inputs.shape[1]] * 2
+    np.testing.assert_array_equal(final[:, 1 : 1 + inputs.shape[1]], inputs.numpy())
+
+
+def test_a_few_training_steps_lower_the_loss_and_train_the_context_encoder(data_folder: Path, tmp_path: Path) -> None:
+    config, _ = PRESETS["tiny-transformer"]
+    keras.utils.set_random_seed(config.seed)
+    first_captions = list(itertools.islice(iter_captions(data_folder), 2000))
+    template = next(t for t in load_templates(data_folder) if t.id == first_captions[0].template)
+    captions = [c for c in first_captions if c.template == template.id][:32]
+    texts = [caption_text(c.boxes) for c in captions]
+    write_vocabulary(build_vocabulary(texts, 200, 1), str(tmp_path / "vocabulary.txt"))
+    tokenizer = Tokenizer(str(tmp_path / "vocabulary.txt"), config.max_length - 1)
+    inputs, targets = make_sequences(tokenizer, captions, config.max_length)
+
+    encoder = build_encoder(config)
+    features = tf.repeat(encoder(tf.constant([template.image_path.read_bytes()])), len(captions), axis=0)
+    decoder = build_decoder(config, int(tokenizer.vocabulary().shape[0]), encoder.context_shape)
+    assert isinstance(decoder, TransformerDecoder)
+    decoder.compile(
+        optimizer=keras.optimizers.Adam(2e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
+    )
+    projection_before = decoder.feature_projection.kernel.numpy().copy()
+    # Each step reports the loss before its update.
+    losses = [decoder.train_on_batch((inputs, features), targets) for _ in range(10)]
+    assert losses[-1] < losses[0] - 0.5, losses
+    # The encoder block that makes the wire context is part of the decoder, so training fits it too.
+    assert not np.allclose(decoder.feature_projection.kernel.numpy(), projection_before)
+
+
+def test_bundle_round_trips_the_transformer(trained, tmp_path: Path, chelsea_jpeg: bytes) -> None:
+    save_bundle(trained, tmp_path / "bundle")
+    rebuilt = load_bundle(tmp_path / "bundle")
+    assert rebuilt.contract == trained.contract
+    contexts = [m.encode(image_bytes=tf.constant([chelsea_jpeg]))["context"] for m in (trained.module, rebuilt)]
+    # float16 weights: nearly the same context and log-probabilities, and the same ranking.
+    np.testing.assert_allclose(contexts[0], contexts[1], atol=0.05)
+    inputs = {
+        "tokens": tf.constant([1, 5]),
+        "state": tf.zeros([2, trained.contract.state_size]),
+        "context": contexts[0],
+        "context_index": tf.constant([0, 0]),
+        "k": tf.constant(5),
+    }
+    a, b = trained.module.decode_step(**inputs), rebuilt.decode_step(**inputs)
+    np.testing.assert_allclose(a["top_log_probs"], b["top_log_probs"], atol=0.05)
+    assert a["top_ids"].numpy()[:, :2].tolist() == b["top_ids"].numpy()[:, :2].tolist()
+    np.testing.assert_array_equal(a["state"], b["state"])
+
+
+def test_an_unknown_decoder_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="unknown decoder 'lstm'; choose gru or transformer"):
+        build_decoder(ModelConfig(encoder="tiny_cnn", decoder="lstm"), 50, (32,))
