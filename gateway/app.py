@@ -7,11 +7,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from gateway.api import health, memes
+from gateway.api import health, memes, templates
+from gateway.api import metrics as metrics_routes
 from gateway.backends import ModelBackend, ModelUnavailableError
 from gateway.captioner import ModelSession
+from gateway.content_filter import ContentFilter
 from gateway.errors import install_error_handlers
+from gateway.metrics import Metrics, MetricsMiddleware
 from gateway.settings import Settings
+from gateway.storage import LocalMemeStore, MemeStore, S3MemeStore
+from gateway.templates import TemplateStore
 
 
 def make_backend(settings: Settings) -> ModelBackend:
@@ -24,18 +29,35 @@ def make_backend(settings: Settings) -> ModelBackend:
     return TfServingBackend(settings.tfserving_target, settings.model_name, settings.rpc_timeout_seconds)
 
 
+def make_meme_store(settings: Settings) -> MemeStore:
+    if settings.meme_store_s3_bucket:
+        return S3MemeStore(settings.meme_store_s3_bucket, settings.meme_store_s3_prefix)
+    return LocalMemeStore(settings.meme_store_dir)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
+    metrics = Metrics()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        session = ModelSession(make_backend(settings), settings.max_batch_beams, settings.batch_wait_ms / 1000)
+        session = ModelSession(
+            make_backend(settings),
+            settings.max_batch_beams,
+            settings.batch_wait_ms / 1000,
+            on_decode_batch=metrics.decode_batch.observe,
+        )
         try:
             session.captioner()
         except ModelUnavailableError:
             pass  # not ready yet: /readyz says so, and the first request tries again
         app.state.settings = settings
         app.state.session = session
+        app.state.metrics = metrics
+        app.state.templates = TemplateStore(settings.templates_dir)
+        app.state.meme_store = make_meme_store(settings)
+        app.state.content_filter = ContentFilter.from_settings(settings.content_filter, settings.blocked_words_file)
         yield
         session.close()
 
@@ -46,6 +68,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.include_router(health.router)
+    app.include_router(metrics_routes.router)
     app.include_router(memes.router)
+    app.include_router(templates.router)
     return app

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,9 +113,15 @@ class Captioner:
 class ModelSession:
     """The backend, the batch scheduler, and what the model told us; loads metadata on first need."""
 
-    def __init__(self, backend: ModelBackend, max_batch_beams: int = 256, batch_wait_seconds: float = 0.002) -> None:
+    def __init__(
+        self,
+        backend: ModelBackend,
+        max_batch_beams: int = 256,
+        batch_wait_seconds: float = 0.002,
+        on_decode_batch: Callable[[int], None] | None = None,
+    ) -> None:
         self.backend = backend
-        self.scheduler = BatchScheduler(backend, max_batch_beams, batch_wait_seconds)
+        self.scheduler = BatchScheduler(backend, max_batch_beams, batch_wait_seconds, on_decode_batch)
         self._captioner: Captioner | None = None
         self._lock = threading.Lock()
 

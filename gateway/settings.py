@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from memefly.paths import DEFAULT_MODEL_BASE_PATH, DEFAULT_MODEL_NAME
+from memefly.paths import DEFAULT_DATA_DIR, DEFAULT_MODEL_BASE_PATH, DEFAULT_MODEL_NAME, REPO_ROOT
 
 
 class Settings(BaseSettings):
@@ -33,6 +33,16 @@ class Settings(BaseSettings):
     """The most beams one `decode_step` call carries across all requests."""
     batch_wait_ms: float = Field(2.0, ge=0)
     """How long a tick waits for requests that are already encoding to join it."""
+
+    templates_dir: Path | None = DEFAULT_DATA_DIR
+    """A folder in the meme data set's format (templates.json + templates/); none → no templates."""
+    meme_store_dir: Path = REPO_ROOT / "var" / "memes"
+    """Where permalinked memes are kept when no S3 bucket is set."""
+    meme_store_s3_bucket: str | None = None
+    meme_store_s3_prefix: str = "memes/"
+    content_filter: bool = True
+    blocked_words_file: Path | None = None
+    """Extra blocked words, one a line, added to the built-in list."""
 
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)
     model_input_max_side: int = Field(512, ge=64)

@@ -16,12 +16,14 @@ from starlette.datastructures import UploadFile
 
 from gateway.api.deps import SessionDep, SettingsDep
 from gateway.backends import ModelUnavailableError
-from gateway.captioner import CaptionRequest, CaptionResult
+from gateway.captioner import Caption, CaptionRequest, CaptionResult, ModelSession
 from gateway.errors import ApiError
 from gateway.images import model_input, open_upload
 from gateway.render import render_meme
 from gateway.scheduler import DeadlineExceeded
 from gateway.search import SamplingSettings, SearchSettings
+from gateway.settings import Settings
+from gateway.templates import Template
 
 router = APIRouter(tags=["memes"])
 
@@ -49,7 +51,14 @@ class MemeOptions(BaseModel):
 
 
 class MemeJsonRequest(MemeOptions):
-    image: str = Field(description="The image file's bytes, base64-encoded (JPEG, PNG, WebP, GIF or BMP).")
+    image: str | None = Field(None, description="The image file's bytes, base64-encoded (JPEG, PNG, WebP, GIF or BMP).")
+    template_id: str | None = Field(None, description="A known template instead of an image (GET /v1/templates).")
+
+
+class TemplateMemeRequest(MemeOptions):
+    text: list[str] | None = Field(
+        None, max_length=8, description="Your own text, one string a box; leave out to have the model write it."
+    )
 
 
 class CaptionOut(BaseModel):
@@ -67,10 +76,11 @@ class ModelOut(BaseModel):
 
 class MemeResponse(BaseModel):
     captions: list[CaptionOut]
-    model: ModelOut
+    model: ModelOut | None = Field(None, description="Absent when the text was the user's own.")
     rpcs: int = Field(description="Calls made to the model tier for this meme.")
     width: int
     height: int
+    permalink: str = Field(description="GET this URL for the rendered meme (the best caption).")
 
 
 def _invalid(error: ValidationError) -> ApiError:
@@ -78,19 +88,22 @@ def _invalid(error: ValidationError) -> ApiError:
     return ApiError(422, "invalid_request", details)
 
 
-async def _read_request(request: Request, max_bytes: int) -> tuple[bytes, MemeOptions]:
+async def _read_request(request: Request, max_bytes: int) -> tuple[bytes | None, MemeJsonRequest]:
+    """The upload (None when a template is named) and the options, from multipart or JSON."""
     content_type = request.headers.get("content-type", "")
+    data: bytes | None = None
     if content_type.startswith("multipart/form-data"):
         form = await request.form()
         upload = form.get("image")
-        if not isinstance(upload, UploadFile):
-            raise ApiError(422, "invalid_request", "multipart form needs a file field named 'image'")
-        data = await upload.read(max_bytes + 1)
         fields = {key: value for key, value in form.items() if key != "image" and isinstance(value, str)}
         try:
-            options = MemeOptions.model_validate(fields)
+            options = MemeJsonRequest.model_validate(fields)
         except ValidationError as error:
             raise _invalid(error) from error
+        if isinstance(upload, UploadFile):
+            data = await upload.read(max_bytes + 1)
+        elif options.template_id is None:
+            raise ApiError(422, "invalid_request", "multipart form needs a file field named 'image' or a template_id")
     elif content_type.startswith("application/json"):
         body = await request.body()
         if len(body) > max_bytes * 4 // 3 + 1024:
@@ -99,34 +112,40 @@ async def _read_request(request: Request, max_bytes: int) -> tuple[bytes, MemeOp
             options = MemeJsonRequest.model_validate_json(body)
         except ValidationError as error:
             raise _invalid(error) from error
-        try:
-            data = base64.b64decode(options.image, validate=True)
-        except (binascii.Error, ValueError) as error:
-            raise ApiError(422, "invalid_request", "image: not valid base64") from error
+        if options.image is not None:
+            try:
+                data = base64.b64decode(options.image, validate=True)
+            except (binascii.Error, ValueError) as error:
+                raise ApiError(422, "invalid_request", "image: not valid base64") from error
+        elif options.template_id is None:
+            raise ApiError(422, "invalid_request", "give a base64 'image' or a 'template_id'")
     else:
         raise ApiError(
             415, "unsupported_media_type", "send multipart/form-data with an 'image' file, or JSON with base64 'image'"
         )
-    if len(data) > max_bytes:
+    if data is not None and len(data) > max_bytes:
         raise ApiError(413, "image_too_large", f"the image exceeds {max_bytes} bytes")
     return data, options
 
 
-def _decoding_settings(captioner, options: MemeOptions, settings) -> SearchSettings | SamplingSettings:
+def _decoding_settings(captioner, options: MemeOptions, settings: Settings) -> SearchSettings | SamplingSettings:
+    """Beam search keeps every beam's caption (or sampling draws extra) so the content filter can
+    drop some and still leave `n`."""
     max_length = captioner.max_length(options.max_length or settings.max_length)
     length_penalty = settings.length_penalty if options.length_penalty is None else options.length_penalty
     if options.decoding == "sample":
         return SamplingSettings(
-            n=options.n,
+            n=options.n + 2,
             temperature=options.temperature,
             top_p=options.top_p,
             max_length=max_length,
             seed=options.seed,
             length_penalty=length_penalty,
         )
+    beam_width = max(options.beam_width or settings.beam_width, options.n)
     return SearchSettings(
-        beam_width=max(options.beam_width or settings.beam_width, options.n),
-        n_best=options.n,
+        beam_width=beam_width,
+        n_best=beam_width,
         length_penalty=length_penalty,
         max_length=max_length,
     )
@@ -149,9 +168,9 @@ _REQUEST_BODY = {
         "multipart/form-data": {
             "schema": {
                 "type": "object",
-                "required": ["image"],
                 "properties": {
                     "image": {"type": "string", "format": "binary"},
+                    "template_id": {"type": "string"},
                     **MemeOptions.model_json_schema()["properties"],
                 },
             }
@@ -169,10 +188,67 @@ _REQUEST_BODY = {
     responses={200: {"content": {media: {} for media in MEDIA_TYPES.values()}}},
 )
 async def create_meme(request: Request, settings: SettingsDep, session: SessionDep) -> Response:
-    """Caption an uploaded image. Answers the rendered meme, or with `Accept: application/json` the
-    captions, their scores, the model and how many model calls it took."""
+    """Caption an uploaded image or a known template. Answers the rendered meme, or with
+    `Accept: application/json` the captions, their scores, the model, how many model calls it took
+    and a permalink."""
     data, options = await _read_request(request, settings.max_upload_bytes)
+    layout = None
+    if data is None:
+        template = _template(request, options.template_id)
+        data, layout = template.image_path.read_bytes(), list(template.layout) or None
     image = open_upload(data)
+    result = await _generate(request, settings, session, image, options)
+    return await _respond(request, image, layout, result, options, session.backend.name)
+
+
+@router.post(
+    "/v1/templates/{template_id}/memes",
+    response_model=MemeResponse,
+    responses={200: {"content": {media: {} for media in MEDIA_TYPES.values()}}},
+)
+async def create_template_meme(
+    template_id: str, body: TemplateMemeRequest, request: Request, settings: SettingsDep, session: SessionDep
+) -> Response:
+    """A meme from a known template, with your own text (as memegen does) or the model's."""
+    template = _template(request, template_id)
+    image = open_upload(template.image_path.read_bytes())
+    layout = list(template.layout) or None
+    if body.text is not None:
+        boxes = [line.strip() for line in body.text]
+        if layout is not None and len(boxes) > len(layout):
+            raise ApiError(422, "invalid_request", f"template {template.id} has {len(layout)} text boxes")
+        result = CaptionResult([Caption(boxes, 0.0, 0.0)], "", 0, 0)
+        return await _respond(request, image, layout, result, body, None)
+    result = await _generate(request, settings, session, image, body)
+    return await _respond(request, image, layout, result, body, session.backend.name)
+
+
+@router.get(
+    "/v1/memes/{meme_id}",
+    responses={200: {"content": {media: {} for media in MEDIA_TYPES.values()}}},
+    response_class=Response,
+)
+async def get_meme(meme_id: str, request: Request) -> Response:
+    """A stored meme, by the permalink a create call returned."""
+    stored = await run_in_threadpool(request.app.state.meme_store.get, meme_id)
+    if stored is None:
+        raise ApiError(404, "not_found", f"no meme {meme_id}")
+    content, media_type = stored
+    return Response(content, media_type=media_type, headers={"Cache-Control": "public, max-age=31536000, immutable"})
+
+
+def _template(request: Request, template_id: str | None) -> Template:
+    template = request.app.state.templates.get(template_id or "")
+    if template is None:
+        raise ApiError(404, "template_not_found", f"no template {template_id!r}; see GET /v1/templates")
+    return template
+
+
+async def _generate(
+    request: Request, settings: Settings, session: ModelSession, image, options: MemeOptions
+) -> CaptionResult:
+    metrics = request.app.state.metrics
+    content_filter = request.app.state.content_filter
     try:
         captioner = await run_in_threadpool(session.captioner)
         decoding = _decoding_settings(captioner, options, settings)
@@ -189,35 +265,45 @@ async def create_meme(request: Request, settings: SettingsDep, session: SessionD
             request, cancel, run_in_threadpool(captioner.caption, jpeg, decoding, caption_request)
         )
     except ModelUnavailableError as error:
+        metrics.backend_errors.labels("unavailable").inc()
         raise ApiError(503, "model_unavailable", str(error), {"Retry-After": "1"}) from error
     except DeadlineExceeded as error:
+        metrics.backend_errors.labels("deadline").inc()
         raise ApiError(504, "deadline_exceeded", f"no caption within {settings.request_timeout_seconds} s") from error
     except ValueError as error:
         raise ApiError(422, "invalid_image", str(error)) from error
+    allowed = [c for c in result.captions if content_filter.allows(c.text)]
+    metrics.memes.labels(session.backend.name).inc()
+    metrics.rpcs_per_meme.observe(result.rpcs)
+    return CaptionResult(allowed[: options.n], result.model_name, result.model_version, result.rpcs)
 
-    if "application/json" in request.headers.get("accept", ""):
-        return Response(
-            MemeResponse(
-                captions=[
-                    CaptionOut(text=c.text, boxes=c.boxes, score=c.score, log_prob=c.log_prob) for c in result.captions
-                ],
-                model=ModelOut(name=result.model_name, version=result.model_version, backend=session.backend.name),
-                rpcs=result.rpcs,
-                width=image.width,
-                height=image.height,
-            ).model_dump_json(),
-            media_type="application/json",
-        )
+
+async def _respond(
+    request: Request, image, layout, result: CaptionResult, options: MemeOptions, backend: str | None
+) -> Response:
     boxes = result.captions[0].boxes if result.captions else []
+    if layout is not None and len(boxes) > len(layout):
+        # A template has as many boxes as it has; the model's extra ones join the last.
+        boxes = [*boxes[: len(layout) - 1], " ".join(boxes[len(layout) - 1 :])]
     content = await run_in_threadpool(
-        render_meme, image, boxes, uppercase=options.uppercase, format=options.format.upper()
+        render_meme, image, boxes, layout, uppercase=options.uppercase, format=options.format.upper()
     )
-    return Response(
-        content,
-        media_type=MEDIA_TYPES[options.format],
-        headers={
-            "X-Memefly-Caption": quote(" / ".join(boxes)),
-            "X-Memefly-Model-Version": str(result.model_version),
-            "X-Memefly-RPCs": str(result.rpcs),
-        },
-    )
+    media_type = MEDIA_TYPES[options.format]
+    meme_id = await run_in_threadpool(request.app.state.meme_store.put, content, media_type)
+    permalink = str(request.url_for("get_meme", meme_id=meme_id))
+    if "application/json" in request.headers.get("accept", ""):
+        body = MemeResponse(
+            captions=[
+                CaptionOut(text=c.text, boxes=c.boxes, score=c.score, log_prob=c.log_prob) for c in result.captions
+            ],
+            model=ModelOut(name=result.model_name, version=result.model_version, backend=backend) if backend else None,
+            rpcs=result.rpcs,
+            width=image.width,
+            height=image.height,
+            permalink=permalink,
+        )
+        return Response(body.model_dump_json(), media_type="application/json", headers={"Location": permalink})
+    headers = {"X-Memefly-Caption": quote(" / ".join(boxes)), "Location": permalink}
+    if backend:
+        headers |= {"X-Memefly-Model-Version": str(result.model_version), "X-Memefly-RPCs": str(result.rpcs)}
+    return Response(content, media_type=media_type, headers=headers)

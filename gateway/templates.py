@@ -1,0 +1,49 @@
+"""Known meme templates: blank images with their text-box layouts, read from a folder in the data
+set's format (`templates.json` + `templates/<id>.jpg`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.render import TextBox
+
+
+@dataclass(frozen=True)
+class Template:
+    id: str
+    name: str
+    aliases: tuple[str, ...]
+    image_path: Path
+    width: int
+    height: int
+    layout: tuple[TextBox, ...]
+    example: tuple[str, ...]
+
+
+class TemplateStore:
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+        self._templates: dict[str, Template] = {}
+        self._aliases: dict[str, str] = {}
+        if folder is not None and (folder / "templates.json").is_file():
+            for entry in json.loads((folder / "templates.json").read_text(encoding="utf-8")):
+                template = Template(
+                    id=entry["id"],
+                    name=entry["name"],
+                    aliases=tuple(entry.get("aliases") or ()),
+                    image_path=folder / entry["image"],
+                    width=entry["width"],
+                    height=entry["height"],
+                    layout=tuple(TextBox.from_dict(box) for box in entry.get("text_boxes") or ()),
+                    example=tuple(entry.get("example") or ()),
+                )
+                self._templates[template.id] = template
+                self._aliases.update({alias: template.id for alias in template.aliases})
+
+    def all(self) -> list[Template]:
+        return sorted(self._templates.values(), key=lambda t: t.id)
+
+    def get(self, template_id: str) -> Template | None:
+        return self._templates.get(template_id) or self._templates.get(self._aliases.get(template_id, ""))
