@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from gateway.api import health, memes, templates
+from gateway.api import health, memes, page, templates
 from gateway.api import metrics as metrics_routes
 from gateway.backends import ModelBackend, ModelUnavailableError
 from gateway.captioner import ModelSession
@@ -73,4 +73,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_routes.router)
     app.include_router(memes.router)
     app.include_router(templates.router)
+    app.include_router(page.router)
     return app

@@ -48,6 +48,9 @@ class MemeOptions(BaseModel):
     )
     format: Literal["png", "jpeg", "webp"] = "png"
     uppercase: bool = True
+    text: list[str] | None = Field(
+        None, max_length=8, description="Your own text, one string a box: rendered as given, no model call."
+    )
 
 
 class MemeJsonRequest(MemeOptions):
@@ -56,9 +59,7 @@ class MemeJsonRequest(MemeOptions):
 
 
 class TemplateMemeRequest(MemeOptions):
-    text: list[str] | None = Field(
-        None, max_length=8, description="Your own text, one string a box; leave out to have the model write it."
-    )
+    pass
 
 
 class CaptionOut(BaseModel):
@@ -95,7 +96,9 @@ async def _read_request(request: Request, max_bytes: int) -> tuple[bytes | None,
     if content_type.startswith("multipart/form-data"):
         form = await request.form()
         upload = form.get("image")
-        fields = {key: value for key, value in form.items() if key != "image" and isinstance(value, str)}
+        fields: dict = {key: value for key, value in form.items() if key != "image" and isinstance(value, str)}
+        if "text" in fields:
+            fields["text"] = fields["text"].split("\n")
         try:
             options = MemeJsonRequest.model_validate(fields)
         except ValidationError as error:
@@ -197,6 +200,8 @@ async def create_meme(request: Request, settings: SettingsDep, session: SessionD
         template = _template(request, options.template_id)
         data, layout = template.image_path.read_bytes(), list(template.layout) or None
     image = open_upload(data)
+    if options.text is not None:
+        return await _respond(request, image, layout, _user_text(options.text, layout), options, None)
     result = await _generate(request, settings, session, image, options)
     return await _respond(request, image, layout, result, options, session.backend.name)
 
@@ -214,11 +219,7 @@ async def create_template_meme(
     image = open_upload(template.image_path.read_bytes())
     layout = list(template.layout) or None
     if body.text is not None:
-        boxes = [line.strip() for line in body.text]
-        if layout is not None and len(boxes) > len(layout):
-            raise ApiError(422, "invalid_request", f"template {template.id} has {len(layout)} text boxes")
-        result = CaptionResult([Caption(boxes, 0.0, 0.0)], "", 0, 0)
-        return await _respond(request, image, layout, result, body, None)
+        return await _respond(request, image, layout, _user_text(body.text, layout), body, None)
     result = await _generate(request, settings, session, image, body)
     return await _respond(request, image, layout, result, body, session.backend.name)
 
@@ -235,6 +236,13 @@ async def get_meme(meme_id: str, request: Request) -> Response:
         raise ApiError(404, "not_found", f"no meme {meme_id}")
     content, media_type = stored
     return Response(content, media_type=media_type, headers={"Cache-Control": "public, max-age=31536000, immutable"})
+
+
+def _user_text(text: list[str], layout) -> CaptionResult:
+    boxes = [line.strip() for line in text]
+    if layout is not None and len(boxes) > len(layout):
+        raise ApiError(422, "invalid_request", f"this template has {len(layout)} text boxes, not {len(boxes)}")
+    return CaptionResult([Caption(boxes, 0.0, 0.0)], "", 0, 0)
 
 
 def _template(request: Request, template_id: str | None) -> Template:
