@@ -81,6 +81,58 @@ def evaluate(
     typer.echo(json.dumps({k: v for k, v in report.items() if k != "examples"}, indent=2))
 
 
+@app.command()
+def generate(
+    images: Annotated[list[Path], typer.Argument(help="image files to caption", exists=True, dir_okay=False)],
+    out_dir: Annotated[Path, typer.Option("-o", "--out-dir", help="where the memes are written")] = Path("memes"),
+    backend: Annotated[str | None, typer.Option(help="embedded or tfserving; default $MEMEFLY_BACKEND")] = None,
+    beam_width: Annotated[int, typer.Option(min=1, max=16)] = 4,
+    image_format: Annotated[str, typer.Option("--format", help="png, jpeg or webp")] = "png",
+) -> None:
+    """Caption images and write the memes to a folder, with a progress bar."""
+    from gateway.app import make_backend
+    from gateway.captioner import ModelSession
+    from gateway.errors import ApiError
+    from gateway.images import model_input, open_upload
+    from gateway.render import render_meme
+    from gateway.settings import Settings
+
+    settings = Settings(**({"backend": backend} if backend else {}))
+    session = ModelSession(make_backend(settings))
+    try:
+        captioner = session.captioner()
+        search = captioner.search_settings(beam_width, 1, settings.length_penalty, settings.max_length)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        extension = {"png": "png", "jpeg": "jpg", "webp": "webp"}[image_format]
+        with typer.progressbar(images, label="memes") as progress:
+            for path in progress:
+                try:
+                    image = open_upload(path.read_bytes())
+                except ApiError as error:
+                    typer.echo(f"\nskipped {path}: {error.message}", err=True)
+                    continue
+                result = captioner.caption(model_input(image, settings.model_input_max_side), search)
+                boxes = result.captions[0].boxes if result.captions else []
+                target = out_dir / f"{path.stem}.{extension}"
+                target.write_bytes(render_meme(image, boxes, format=image_format.upper()))
+                typer.echo(f"\n{target}: {' / '.join(boxes)}")
+    finally:
+        session.close()
+
+
+@app.command()
+def templates(
+    templates_dir: Annotated[Path | None, typer.Option(help="default: the meme data set")] = None,
+) -> None:
+    """List the known meme templates: id, boxes, name."""
+    from gateway.settings import Settings
+    from gateway.templates import TemplateStore
+
+    store = TemplateStore(templates_dir or Settings().templates_dir)
+    for template in store.all():
+        typer.echo(f"{template.id}\t{len(template.layout) or 2}\t{template.name}")
+
+
 def _sample_image() -> str:
     from export.data import DataMissingError, data_dir
 
