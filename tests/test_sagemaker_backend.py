@@ -183,7 +183,9 @@ def test_bytes_that_are_no_image_are_a_value_error(endpoint_url: str) -> None:
 def test_a_pinned_version_the_endpoint_does_not_serve_is_unavailable(endpoint_url: str) -> None:
     model_backend = backend(endpoint_url, model_version=7)
     try:
-        with pytest.raises(ModelUnavailableError, match=r"HTTP 404: Servable not found for request: Specific\(memefly, 7\)"):
+        with pytest.raises(
+            ModelUnavailableError, match=r"HTTP 404: Servable not found for request: Specific\(memefly, 7\)"
+        ):
             model_backend.load_metadata()
     finally:
         model_backend.close()
