@@ -8,7 +8,8 @@ COPY memefly ./memefly
 COPY gateway ./gateway
 COPY export ./export
 COPY serving ./serving
-RUN pip install --no-cache-dir . && useradd --create-home --uid 10001 memefly
+COPY infra ./infra
+RUN pip install --no-cache-dir ".[aws]" && useradd --create-home --uid 10001 memefly
 USER memefly
 EXPOSE 8000
 CMD ["memefly", "serve", "--host", "0.0.0.0", "--port", "8000", "--backend", "tfserving"]

@@ -22,12 +22,12 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export MEMEFLY_MODEL_NAME := $(MODEL_NAME)
 export MEMEFLY_MODEL_BASE_PATH := $(abspath $(MODEL_BASE_PATH))
 
-.PHONY: venv model train evaluate run serve-local run-two-tier test lint format clean
+.PHONY: venv model train evaluate run serve-local run-two-tier test lint format clean deploy-plan deploy destroy model-archive
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[embedded,serving,train,dev]'
+	$(BIN)/pip install --quiet -e '.[embedded,serving,train,aws,dev]'
 	touch $@
 
 venv: $(STAMP)
@@ -70,6 +70,19 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# AWS (infra/README.md): settings from MEMEFLY_DEPLOY_* or .env; AWS credentials from boto3's usual chain.
+deploy-plan: $(STAMP)
+	$(BIN)/python -m infra plan
+
+deploy: $(STAMP)
+	$(BIN)/python -m infra deploy
+
+destroy: $(STAMP)
+	$(BIN)/python -m infra destroy $(if $(YES),--yes)
+
+model-archive: model
+	$(BIN)/python -m infra package --output build/model.tar.gz
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -18,6 +18,8 @@ from memefly.contract import (
     DECODE_STEP,
     ENCODE,
     METADATA,
+    METADATA_REST,
+    METADATA_REST_SIGNATURE,
     PAD,
     SCORE,
     START,
@@ -51,6 +53,7 @@ class CaptionModule(tf.Module):
         self.encode = tf.function(self._encode, input_signature=input_signature(contract.encode))
         self.decode_step = tf.function(self._decode_step, input_signature=input_signature(contract.decode_step))
         self.metadata = tf.function(self._metadata, input_signature=[])
+        self.metadata_rest = tf.function(self._metadata_rest, input_signature=input_signature(METADATA_REST_SIGNATURE))
         self.tokenize = tf.function(self._tokenize, input_signature=input_signature(TOKENIZE_SIGNATURE))
         self.score = tf.function(self._score, input_signature=input_signature(contract.score))
         self.start_id = contract.start_id
@@ -84,6 +87,10 @@ class CaptionModule(tf.Module):
         picked = tf.gather(log_probs, targets, batch_dims=2)
         mask = tf.sequence_mask(lengths + 1, tf.shape(targets)[1], dtype=tf.float32)
         return {"log_prob": tf.reduce_sum(picked * mask, axis=1), "num_tokens": lengths + 1}
+
+    def _metadata_rest(self, unused: tf.Tensor) -> dict[str, tf.Tensor]:
+        del unused
+        return self._metadata()
 
     def _metadata(self) -> dict[str, tf.Tensor]:
         return {"vocabulary": self.tokenizer.vocabulary(), "contract": self.contract_json}
@@ -126,6 +133,7 @@ def export_saved_model(module: CaptionModule, model_dir: Path, version: int | No
                 ENCODE: module.encode,
                 DECODE_STEP: module.decode_step,
                 METADATA: module.metadata,
+                METADATA_REST: module.metadata_rest,
                 TOKENIZE: module.tokenize,
                 SCORE: module.score,
             },

@@ -24,6 +24,19 @@ def make_backend(settings: Settings) -> ModelBackend:
         from gateway.backends.embedded import EmbeddedBackend
 
         return EmbeddedBackend(settings.model_base_path, settings.model_name)
+    if settings.backend == "sagemaker":
+        from gateway.backends.sagemaker import SageMakerBackend
+
+        return SageMakerBackend(
+            settings.sagemaker_endpoint_name,
+            settings.model_name,
+            settings.sagemaker_region,
+            model_version=settings.sagemaker_model_version,
+            endpoint_url=settings.sagemaker_endpoint_url,
+            connect_timeout_seconds=settings.sagemaker_connect_timeout_seconds,
+            read_timeout_seconds=settings.rpc_timeout_seconds,
+            max_attempts=settings.sagemaker_max_attempts,
+        )
     from gateway.backends.tfserving import TfServingBackend
 
     return TfServingBackend(settings.tfserving_target, settings.model_name, settings.rpc_timeout_seconds)

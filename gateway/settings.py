@@ -14,12 +14,20 @@ from memefly.paths import DEFAULT_DATA_DIR, DEFAULT_MODEL_BASE_PATH, DEFAULT_MOD
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MEMEFLY_", env_file=".env", extra="ignore")
 
-    backend: Literal["embedded", "tfserving"] = "embedded"
+    backend: Literal["embedded", "tfserving", "sagemaker"] = "embedded"
     model_name: str = DEFAULT_MODEL_NAME
     model_base_path: Path = DEFAULT_MODEL_BASE_PATH
     """Embedded backend: versioned SavedModels under `<model_base_path>/<model_name>/<version>/`."""
     tfserving_target: str = "127.0.0.1:8500"
     rpc_timeout_seconds: float = Field(10.0, gt=0)
+    sagemaker_endpoint_name: str = "memefly-endpoint"
+    sagemaker_region: str | None = None
+    """None: boto3's own lookup (AWS_REGION, AWS_DEFAULT_REGION, ~/.aws/config)."""
+    sagemaker_model_version: int | None = Field(None, ge=1)
+    """Pins the TF Serving model version; REST answers do not say which version answered."""
+    sagemaker_endpoint_url: str | None = None
+    sagemaker_connect_timeout_seconds: float = Field(2.0, gt=0)
+    sagemaker_max_attempts: int = Field(3, ge=1)
 
     beam_width: int = Field(4, ge=1, le=16)
     n_best: int = Field(3, ge=1, le=16)

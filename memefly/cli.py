@@ -85,7 +85,9 @@ def evaluate(
 def generate(
     images: Annotated[list[Path], typer.Argument(help="image files to caption", exists=True, dir_okay=False)],
     out_dir: Annotated[Path, typer.Option("-o", "--out-dir", help="where the memes are written")] = Path("memes"),
-    backend: Annotated[str | None, typer.Option(help="embedded or tfserving; default $MEMEFLY_BACKEND")] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="embedded, tfserving or sagemaker; default $MEMEFLY_BACKEND")
+    ] = None,
     beam_width: Annotated[int, typer.Option(min=1, max=16)] = 4,
     image_format: Annotated[str, typer.Option("--format", help="png, jpeg or webp")] = "png",
 ) -> None:
@@ -146,7 +148,9 @@ def _sample_image() -> str:
 def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
-    backend: Annotated[str | None, typer.Option(help="embedded or tfserving; default $MEMEFLY_BACKEND")] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="embedded, tfserving or sagemaker; default $MEMEFLY_BACKEND")
+    ] = None,
 ) -> None:
     """Run the gateway (settings from MEMEFLY_* variables)."""
     import uvicorn

@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass, field
 ENCODE = "encode"
 DECODE_STEP = "decode_step"
 METADATA = "metadata"
+METADATA_REST = "metadata_rest"
+"""`metadata` with one ignored int32 scalar input `unused`: TF Serving's REST API (all a SageMaker
+endpoint offers) cannot call a signature without inputs."""
 TOKENIZE = "tokenize"
 SCORE = "score"
 
@@ -159,6 +162,18 @@ class ModelContract:
         return cls(**fields)
 
 
+METADATA_REST_SIGNATURE = SignatureSpec(
+    METADATA_REST, inputs=(TensorSpec("unused", "int32", ()),), outputs=METADATA_SIGNATURE.outputs
+)
+
+
 def signatures(contract: ModelContract) -> tuple[SignatureSpec, ...]:
     """Every signature a model of this contract exports."""
-    return (contract.encode, contract.decode_step, METADATA_SIGNATURE, TOKENIZE_SIGNATURE, contract.score)
+    return (
+        contract.encode,
+        contract.decode_step,
+        METADATA_SIGNATURE,
+        METADATA_REST_SIGNATURE,
+        TOKENIZE_SIGNATURE,
+        contract.score,
+    )

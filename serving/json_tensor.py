@@ -359,6 +359,7 @@ def predict_response(outputs: Mapping[str, np.ndarray], response_format: str) ->
     """MakeJsonFromTensors: ``{"predictions": ...}`` for row requests, ``{"outputs": ...}`` for columnar."""
     if not outputs:
         raise InvalidArgumentError("Cannot convert empty tensor map to JSON")
+    outputs = {name: np.asarray(value) for name, value in outputs.items()}
     names = sorted(outputs)
     writers = {name: _value_writer(outputs[name], name) for name in names}
     writer = PrettyWriter()

@@ -2,10 +2,9 @@
 
 The stand-in serves two models from one model config file:
 
-- `memefly`: the session's tiny model, saved again with one more signature, `metadata_rest`. This is
-  the export change the backend needs: `metadata`'s outputs behind one ignored scalar input, so that
-  TF Serving's REST API can call it (see gateway/backends/sagemaker.py). The weights are the same objects.
-- `plain`: the session's export as it is, without `metadata_rest`.
+- `memefly`: the session's tiny model, saved again by the test with its own `metadata_rest` wrapper
+  (`metadata`'s outputs behind one ignored scalar input, so TF Serving's REST API can call it).
+- `plain`: the session's export as it is, which now writes `metadata_rest` itself.
 
 boto3's sagemaker-runtime client reaches it through `endpoint_url`, as it would reach AWS.
 """
@@ -23,7 +22,7 @@ import pytest
 
 from gateway.backends import ModelUnavailableError
 from gateway.backends.sagemaker import METADATA_REST, METADATA_REST_INPUT, SageMakerBackend
-from tests.support import MODEL_NAME, free_port
+from tests.support import MODEL_NAME, free_port, photo_jpeg
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_SECONDS = 90
@@ -180,6 +179,22 @@ def test_bytes_that_are_no_image_are_a_value_error(endpoint_url: str) -> None:
         model_backend.close()
 
 
+def test_tensors_of_the_wrong_shape_are_a_value_error_naming_the_signature(endpoint_url: str) -> None:
+    import numpy as np
+
+    model_backend = backend(endpoint_url, model_version=1)
+    try:
+        info = model_backend.load_metadata()
+        context = model_backend.encode([photo_jpeg()])
+        wrong_state = np.zeros((1, info.contract.state_size + 1), np.float32)
+        with pytest.raises(ValueError, match="the model rejected the decode_step input: "):
+            model_backend.decode_step(
+                np.array([info.contract.start_id]), wrong_state, context, np.zeros(1, np.int32), 3
+            )
+    finally:
+        model_backend.close()
+
+
 def test_a_pinned_version_the_endpoint_does_not_serve_is_unavailable(endpoint_url: str) -> None:
     model_backend = backend(endpoint_url, model_version=7)
     try:
@@ -191,14 +206,14 @@ def test_a_pinned_version_the_endpoint_does_not_serve_is_unavailable(endpoint_ur
         model_backend.close()
 
 
-def test_a_model_exported_without_rest_metadata_says_what_is_missing(endpoint_url: str) -> None:
-    model_backend = backend(endpoint_url, model_name=PLAIN)
+def test_the_projects_own_export_serves_metadata_over_rest(endpoint_url: str) -> None:
+    """The export writes `metadata_rest` itself, so the unmodified SavedModel works over SageMaker."""
+    plain, wrapped = backend(endpoint_url, model_name=PLAIN), backend(endpoint_url)
     try:
-        with pytest.raises(ModelUnavailableError, match=f"no `{METADATA_REST}` signature") as raised:
-            model_backend.load_metadata()
-        assert "cannot call the input-less `metadata` signature" in str(raised.value)
+        assert plain.load_metadata().vocabulary == wrapped.load_metadata().vocabulary
     finally:
-        model_backend.close()
+        plain.close()
+        wrapped.close()
 
 
 def test_a_down_endpoint_is_unavailable_within_the_timeouts() -> None:
@@ -210,4 +225,4 @@ def test_a_down_endpoint_is_unavailable_within_the_timeouts() -> None:
             model_backend.load_metadata()
     finally:
         model_backend.close()
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 10

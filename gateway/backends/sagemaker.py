@@ -30,13 +30,20 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from gateway.backends.base import DecodeStepResult, ModelInfo, ModelUnavailableError
-from memefly.contract import DECODE_STEP, ENCODE, TOKENIZE, ModelContract
+from memefly.contract import DECODE_STEP, ENCODE, METADATA_REST, METADATA_REST_SIGNATURE, TOKENIZE, ModelContract
 
-METADATA_REST = "metadata_rest"
 """The proposed REST-callable twin of `metadata`: input `unused` int32 [], outputs as `metadata`."""
-METADATA_REST_INPUT = "unused"
+METADATA_REST_INPUT = METADATA_REST_SIGNATURE.inputs[0].name
 UNPINNED_VERSION = 0
 _SIGNATURE_MISSING = "not found in signature def"
+
+
+class ModelRejectedInput(ValueError):
+    """TF Serving answered 4xx (other than 404): the request's tensors were wrong."""
+
+    def __init__(self, signature: str, message: str) -> None:
+        super().__init__(f"the model rejected the {signature} input: {message}")
+        self.message = message
 
 
 class SageMakerBackend:
@@ -46,7 +53,7 @@ class SageMakerBackend:
         self,
         endpoint_name: str,
         model_name: str,
-        region: str,
+        region: str | None = None,
         model_version: int | None = None,
         endpoint_url: str | None = None,
         connect_timeout_seconds: float = 2.0,
@@ -57,7 +64,7 @@ class SageMakerBackend:
         self.model_name = model_name
         self.model_version = model_version
         config = Config(
-            region_name=region,
+            region_name=region,  # None: boto3's own lookup (AWS_REGION, AWS_DEFAULT_REGION, ~/.aws/config)
             connect_timeout=connect_timeout_seconds,
             read_timeout=read_timeout_seconds,
             # Standard mode retries throttling, 5xx from the service and connection errors, with backoff.
@@ -72,13 +79,13 @@ class SageMakerBackend:
     def load_metadata(self) -> ModelInfo:
         try:
             outputs = self._predict(METADATA_REST, {METADATA_REST_INPUT: 0})
-        except ValueError as error:
-            if _SIGNATURE_MISSING not in str(error):
+        except ModelRejectedInput as error:
+            if _SIGNATURE_MISSING not in error.message:
                 raise
             raise ModelUnavailableError(
                 f"endpoint {self.endpoint_name}: the model has no `{METADATA_REST}` signature, so its vocabulary and "
                 f"contract cannot be read over SageMaker (TF Serving's REST API cannot call the input-less "
-                f"`metadata` signature). Re-export the model with `{METADATA_REST}` ({error})"
+                f"`metadata` signature). Re-export the model with `{METADATA_REST}` ({error.message})"
             ) from error
         vocabulary = tuple(str(word) for word in _named(outputs, "vocabulary"))
         # A scalar in the signature; read as a 1-element list too, which is what the local stand-in can send today.
@@ -90,8 +97,8 @@ class SageMakerBackend:
         images = [{"b64": base64.b64encode(image).decode("ascii")} for image in image_bytes]
         try:
             outputs = self._predict(ENCODE, {"image_bytes": images})
-        except ValueError as error:
-            raise ValueError(f"the model could not decode the image: {error}") from error
+        except ModelRejectedInput as error:
+            raise ValueError(f"the model could not decode the image: {error.message}") from error
         return np.asarray(_named(outputs, "context"), np.float32)
 
     def tokenize(self, text: str) -> tuple[int, ...]:
@@ -154,7 +161,7 @@ class SageMakerBackend:
             message = _tf_serving_message(details.get("OriginalMessage", ""))
             # 404 is TF Serving's "Servable not found": the pinned version is not (or no longer) loaded.
             if 400 <= status < 500 and status != 404:
-                return ValueError(f"the model rejected the input ({signature}): {message}")
+                return ModelRejectedInput(signature, message)
             return ModelUnavailableError(f"endpoint {self.endpoint_name}: {signature}: HTTP {status}: {message}")
         message = details.get("Error", {}).get("Message", str(error))
         return ModelUnavailableError(f"endpoint {self.endpoint_name}: {code or 'error'}: {message}")

@@ -1,0 +1,198 @@
+"""The SageMaker model tier: model, endpoint config, endpoint; blue/green updates; waiting for InService."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from infra.aws import error_code
+from infra.changes import Action
+from infra.context import DeployError, Stack
+from infra.names import VARIANT, digest
+from infra.tags import MODEL_VERSIONS, as_dict, as_list, is_ours
+
+_ROLE_PROPAGATION_SECONDS = 90
+_BUSY = ("Creating", "Updating", "SystemUpdating", "RollingBack", "UpdateRollbackFailed")
+
+
+def describe_endpoint(stack: Stack) -> dict[str, Any] | None:
+    try:
+        return stack.aws.client("sagemaker").describe_endpoint(EndpointName=stack.names.endpoint)
+    except ClientError as error:
+        if error_code(error) == "ValidationException":
+            return None
+        raise
+
+
+def deployed_versions(stack: Stack) -> tuple[int, ...]:
+    """The model versions the endpoint's current model was packed with (from the model's tags)."""
+    endpoint = describe_endpoint(stack)
+    if endpoint is None:
+        return ()
+    sagemaker = stack.aws.client("sagemaker")
+    config = sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
+    model = sagemaker.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
+    tags = as_dict(sagemaker.list_tags(ResourceArn=model["ModelArn"])["Tags"])
+    return tuple(int(v) for v in tags.get(MODEL_VERSIONS, "").split(",") if v)
+
+
+def ensure_model(
+    stack: Stack, image_uri: str, model_data_url: str, role_arn: str, model_name: str, versions: tuple[int, ...]
+) -> str:
+    """SageMaker models are immutable: a new archive, image or role is a new model, named by their digest."""
+    sagemaker = stack.aws.client("sagemaker")
+    container = {
+        "Image": image_uri,
+        "ModelDataUrl": model_data_url,
+        # The TF Serving model name the container falls back to when a request names none.
+        "Environment": {"SAGEMAKER_TFS_DEFAULT_MODEL_NAME": model_name},
+    }
+    name = stack.names.model(max(versions), digest({"container": container, "role": role_arn}))
+    try:
+        sagemaker.describe_model(ModelName=name)
+        stack.report.record(Action.UNCHANGED, "sagemaker model", name)
+        return name
+    except ClientError as error:
+        if error_code(error) != "ValidationException":
+            raise
+    stack.report.record(Action.CREATE, "sagemaker model", name, f"versions {','.join(map(str, versions))}, {image_uri}")
+    if stack.apply:
+        tags = as_list(stack.tags(**{MODEL_VERSIONS: ",".join(map(str, versions))}))
+        deadline = time.monotonic() + _ROLE_PROPAGATION_SECONDS
+        while True:
+            try:
+                sagemaker.create_model(ModelName=name, PrimaryContainer=container, ExecutionRoleArn=role_arn, Tags=tags)
+                break
+            except ClientError as error:
+                # A role created seconds ago may not be assumable yet (IAM is eventually consistent).
+                if "assume" not in str(error).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(5)
+    return name
+
+
+def ensure_endpoint_config(stack: Stack, model: str) -> str:
+    sagemaker = stack.aws.client("sagemaker")
+    settings = stack.settings
+    variant = {
+        "VariantName": VARIANT,
+        "ModelName": model,
+        "InitialInstanceCount": settings.initial_instance_count,
+        "InstanceType": settings.instance_type,
+        "InitialVariantWeight": 1.0,
+    }
+    name = stack.names.endpoint_config(digest(variant))
+    try:
+        sagemaker.describe_endpoint_config(EndpointConfigName=name)
+        stack.report.record(Action.UNCHANGED, "sagemaker endpoint config", name)
+        return name
+    except ClientError as error:
+        if error_code(error) != "ValidationException":
+            raise
+    detail = f"{settings.initial_instance_count} x {settings.instance_type}"
+    stack.report.record(Action.CREATE, "sagemaker endpoint config", name, detail)
+    if stack.apply:
+        sagemaker.create_endpoint_config(
+            EndpointConfigName=name, ProductionVariants=[variant], Tags=as_list(stack.tags())
+        )
+    return name
+
+
+def deployment_config(stack: Stack) -> dict[str, Any]:
+    settings = stack.settings
+    routing: dict[str, Any] = {"Type": settings.traffic_routing, "WaitIntervalInSeconds": settings.canary_wait_seconds}
+    step = {"Type": "CAPACITY_PERCENT", "Value": settings.canary_percent}
+    if settings.traffic_routing == "CANARY":
+        routing["CanarySize"] = step
+    elif settings.traffic_routing == "LINEAR":
+        routing["LinearStepSize"] = step
+    else:
+        routing = {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": settings.canary_wait_seconds}
+    return {
+        "BlueGreenUpdatePolicy": {
+            "TrafficRoutingConfiguration": routing,
+            "TerminationWaitInSeconds": settings.termination_wait_seconds,
+            "MaximumExecutionTimeoutInSeconds": max(600, int(settings.endpoint_timeout_seconds)),
+        },
+        "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": stack.names.rollback_alarm}]},
+    }
+
+
+def update_endpoint_blue_green(sagemaker: Any, endpoint: str, config: str, deployment: dict[str, Any]) -> None:
+    """The one UpdateEndpoint call: a new fleet on `config`, traffic shifted to it, rolled back on the alarm.
+
+    moto 5.x does not implement UpdateEndpoint (HTTP 500); the tests replace this function, and only it.
+    """
+    sagemaker.update_endpoint(EndpointName=endpoint, EndpointConfigName=config, DeploymentConfig=deployment)
+
+
+def wait_in_service(stack: Stack, what: str) -> dict[str, Any]:
+    settings = stack.settings
+    deadline = time.monotonic() + settings.endpoint_timeout_seconds
+    name = stack.names.endpoint
+    while True:
+        endpoint = describe_endpoint(stack)
+        status = endpoint["EndpointStatus"] if endpoint else "missing"
+        if status == "InService":
+            return endpoint
+        if status in ("Failed", "missing"):
+            reason = (endpoint or {}).get("FailureReason", "no reason given")
+            raise DeployError(
+                f"endpoint {name} {status.lower()} while {what}: {reason}. Container logs: CloudWatch log group "
+                f"/aws/sagemaker/Endpoints/{name}. `python -m infra destroy` removes it."
+            )
+        if time.monotonic() >= deadline:
+            raise DeployError(
+                f"endpoint {name} still {status} after {settings.endpoint_timeout_seconds:.0f} s while {what}. "
+                f"SageMaker goes on without us: run deploy again to keep waiting, or destroy. "
+                f"Container logs: CloudWatch log group /aws/sagemaker/Endpoints/{name}."
+            )
+        stack.report.echo(f"          endpoint {name}: {status}; waiting ({deadline - time.monotonic():.0f} s left)")
+        time.sleep(settings.poll_seconds)
+
+
+def ensure_endpoint(stack: Stack, config: str, before_update: Any = None) -> None:
+    """Creates the endpoint, or moves it to `config` blue/green; waits for InService either way.
+
+    `before_update(current_config)` runs just before a blue/green update (autoscaling needs it).
+    """
+    sagemaker = stack.aws.client("sagemaker")
+    name = stack.names.endpoint
+    endpoint = describe_endpoint(stack)
+    if endpoint is None:
+        stack.report.record(Action.CREATE, "sagemaker endpoint", name, f"config {config}")
+        if stack.apply:
+            sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=config, Tags=as_list(stack.tags()))
+            wait_in_service(stack, "being created")
+            stack.report.echo(f"          endpoint {name}: InService")
+        return
+    if not is_ours(sagemaker.list_tags(ResourceArn=endpoint["EndpointArn"])["Tags"], stack.settings.prefix):
+        raise DeployError(f"sagemaker endpoint {name} exists but was not created by deployment {stack.settings.prefix}")
+    if stack.apply and endpoint["EndpointStatus"] in _BUSY:
+        stack.report.echo(f"          endpoint {name} is {endpoint['EndpointStatus']}: waiting before going on")
+        endpoint = wait_in_service(stack, "finishing an earlier change")
+    if endpoint["EndpointStatus"] == "Failed":
+        raise DeployError(f"endpoint {name} is Failed: {endpoint.get('FailureReason')}. Destroy it and deploy again.")
+    current = endpoint["EndpointConfigName"]
+    if current == config:
+        stack.report.record(
+            Action.UNCHANGED, "sagemaker endpoint", name, f"{endpoint['EndpointStatus']}, config {config}"
+        )
+        return
+    routing = stack.settings.traffic_routing.lower().replace("_", " ")
+    detail = f"blue/green {current} -> {config}, {routing}, rollback on alarm {stack.names.rollback_alarm}"
+    stack.report.record(Action.UPDATE, "sagemaker endpoint", name, detail)
+    if not stack.apply:
+        return
+    if before_update is not None:
+        before_update(current)
+    update_endpoint_blue_green(sagemaker, name, config, deployment_config(stack))
+    endpoint = wait_in_service(stack, "updating blue/green")
+    if endpoint["EndpointConfigName"] != config:
+        raise DeployError(
+            f"endpoint {name} rolled back to {endpoint['EndpointConfigName']} instead of moving to {config} "
+            f"(alarm {stack.names.rollback_alarm} or a failed new fleet; see /aws/sagemaker/Endpoints/{name})"
+        )
+    stack.report.echo(f"          endpoint {name}: InService on {config}")

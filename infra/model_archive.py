@@ -1,0 +1,102 @@
+"""`model.tar.gz` for AWS's TensorFlow Serving container, byte-for-byte reproducible.
+
+Layout: `<model_name>/<version>/{saved_model.pb, variables/, assets/, assets.extra/}` for each version.
+The container serves every `<dir>/<digits>/saved_model.pb` it finds under /opt/ml/model, named after
+`<dir>`, with all its versions loaded (a `specific` version policy). A bare `<version>/` at the root
+would be named `model`; a `<model_name>/` folder keeps the name the gateway asks for.
+
+Fixed member metadata and gzip header make the same SavedModels give the same bytes, so the S3 key
+(named by the archive's SHA-256) and everything named after it stay unchanged on a rerun.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import re
+import tarfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+_SAVED_MODEL = re.compile(r"([^/]+)/(\d+)/saved_model\.pb")
+
+
+@dataclass(frozen=True)
+class ModelArchive:
+    path: Path
+    model_name: str
+    versions: tuple[int, ...]
+    sha256: str
+
+    @property
+    def newest(self) -> int:
+        return max(self.versions)
+
+
+def available_versions(model_dir: Path) -> list[int]:
+    return sorted(int(p.name) for p in model_dir.glob("*") if p.name.isdigit() and (p / "saved_model.pb").is_file())
+
+
+def newest_version(model_dir: Path) -> int:
+    versions = available_versions(model_dir)
+    if not versions:
+        raise FileNotFoundError(f"no SavedModel version under {model_dir} (expected {model_dir}/<n>/saved_model.pb)")
+    return versions[-1]
+
+
+def versions_to_pack(target: int, deployed: Sequence[int], available: Sequence[int]) -> tuple[int, ...]:
+    """The target version, plus the newest deployed one while gateways may still be pinned to it.
+
+    During a blue/green shift some requests reach the new fleet; gateways pinned to the old version
+    keep working only if the new archive serves it too. When the target is already the newest
+    deployed version, the deployed set is kept, so a rerun builds the same archive.
+    """
+    if deployed and max(deployed) == target:
+        return tuple(sorted({v for v in deployed if v in available} | {target}))
+    keep = {max(deployed)} & set(available) if deployed else set()
+    return tuple(sorted(keep | {target}))
+
+
+def _normalized(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mode = 0o755 if info.isdir() else 0o644
+    return info
+
+
+def build_model_archive(model_dir: Path, versions: Sequence[int], archive: Path) -> ModelArchive:
+    """Pack `<model_dir>/<version>/` for each version as `<model_dir.name>/<version>/...` into `archive`."""
+    model_name = model_dir.name
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with archive.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as zipped:
+        with tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for version in sorted(set(versions)):
+                source = model_dir / str(version)
+                if not (source / "saved_model.pb").is_file():
+                    raise FileNotFoundError(f"{source}/saved_model.pb not found")
+                tar.add(source, arcname=f"{model_name}/{version}", recursive=False, filter=_normalized)
+                for path in sorted(source.rglob("*")):
+                    name = f"{model_name}/{version}/{path.relative_to(source).as_posix()}"
+                    tar.add(path, arcname=name, recursive=False, filter=_normalized)
+    return read_model_archive(archive)
+
+
+def read_model_archive(archive: Path) -> ModelArchive:
+    """The model name and versions inside an archive (built here or elsewhere), and its SHA-256."""
+    found: dict[str, set[int]] = {}
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar.getmembers():
+            match = _SAVED_MODEL.fullmatch(member.name.removeprefix("./"))
+            if match:
+                found.setdefault(match.group(1), set()).add(int(match.group(2)))
+    if len(found) != 1:
+        raise ValueError(
+            f"{archive}: expected <model_name>/<version>/saved_model.pb for exactly one model name, found "
+            f"{sorted(found) or 'none'} (a bare <version>/ at the root would be served as `model`)"
+        )
+    model_name, versions = next(iter(found.items()))
+    with archive.open("rb") as file:
+        sha256 = hashlib.file_digest(file, "sha256").hexdigest()
+    return ModelArchive(archive, model_name, tuple(sorted(versions)), sha256)
