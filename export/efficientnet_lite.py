@@ -461,10 +461,12 @@ def _flag_animated_webp_alpha(image_bytes: tf.Tensor) -> tf.Tensor:
     return tf.cond(is_vp8x, patched, lambda: image_bytes)
 
 
-def preprocess_image_bytes(image_bytes: tf.Tensor) -> tf.Tensor:
-    """Encoded JPEG/PNG/GIF/BMP/WebP bytes (scalar string) -> normalised float32 [224, 224, 3].
+def decode_and_crop(
+    image_bytes: tf.Tensor, image_size: int = IMAGE_SIZE, resize_shorter: int = RESIZE_SHORTER
+) -> tf.Tensor:
+    """Encoded JPEG/PNG/GIF/BMP/WebP bytes (scalar string) -> float32 RGB [image_size, image_size, 3] in [0, 255].
 
-    Shorter side resized to 256 (bicubic), centre crop 224, then (x - 127) / 128 on RGB.
+    Shorter side resized to `resize_shorter` (bicubic), centre crop. Every backbone normalises after this.
     """
     # channels=0 because the WebP kernel refuses a channel count that differs from the file's.
     image_bytes = _flag_animated_webp_alpha(tf.convert_to_tensor(image_bytes, tf.string))
@@ -475,19 +477,23 @@ def preprocess_image_bytes(image_bytes: tf.Tensor) -> tf.Tensor:
     shape = tf.shape(image)
     height = tf.cast(shape[0], tf.float64)
     width = tf.cast(shape[1], tf.float64)
-    scale = RESIZE_SHORTER / tf.minimum(height, width)
-    new_height = tf.maximum(tf.cast(tf.round(height * scale), tf.int32), RESIZE_SHORTER)
-    new_width = tf.maximum(tf.cast(tf.round(width * scale), tf.int32), RESIZE_SHORTER)
+    scale = resize_shorter / tf.minimum(height, width)
+    new_height = tf.maximum(tf.cast(tf.round(height * scale), tf.int32), resize_shorter)
+    new_width = tf.maximum(tf.cast(tf.round(width * scale), tf.int32), resize_shorter)
     # antialias so large phone photos are low-pass filtered on the way down, like PIL's bicubic.
     resized = tf.image.resize(
         tf.cast(image, tf.float32), tf.stack([new_height, new_width]), method="bicubic", antialias=True
     )
-    top = (new_height - IMAGE_SIZE) // 2
-    left = (new_width - IMAGE_SIZE) // 2
-    cropped = tf.slice(resized, tf.stack([top, left, 0]), [IMAGE_SIZE, IMAGE_SIZE, 3])
+    top = (new_height - image_size) // 2
+    left = (new_width - image_size) // 2
+    cropped = tf.slice(resized, tf.stack([top, left, 0]), [image_size, image_size, 3])
     cropped = tf.clip_by_value(cropped, 0.0, 255.0)  # bicubic overshoots the uint8 range at edges
-    normalised = (cropped - MEAN) / STD
-    return tf.ensure_shape(normalised, [IMAGE_SIZE, IMAGE_SIZE, 3])
+    return tf.ensure_shape(cropped, [image_size, image_size, 3])
+
+
+def preprocess_image_bytes(image_bytes: tf.Tensor) -> tf.Tensor:
+    """Encoded image bytes (scalar string) -> EfficientNet-Lite0's input: float32 [224, 224, 3], (x - 127) / 128."""
+    return (decode_and_crop(image_bytes) - MEAN) / STD
 
 
 def preprocess_batch(image_bytes: tf.Tensor) -> tf.Tensor:

@@ -33,9 +33,8 @@ import tensorflow as tf
 from export.efficientnet_lite import (
     IMAGE_SIZE,
     RESIZE_SHORTER,
-    _flag_animated_webp_alpha,
-    _to_rgb,
     build_efficientnet_lite0,
+    decode_and_crop,
     feature_map_model,
     preprocess_batch,
 )
@@ -138,30 +137,6 @@ def _positions(feature_map: keras.Model) -> keras.Model:
     height, width, channels = (int(d) for d in feature_map.output_shape[1:])
     flat = keras.layers.Reshape((height * width, channels), name="positions")(feature_map.outputs[0])
     return keras.Model(feature_map.inputs, flat, name=f"{feature_map.name}_positions")
-
-
-def decode_and_crop(image_bytes: tf.Tensor, image_size: int, resize_shorter: int) -> tf.Tensor:
-    """Encoded image bytes (scalar string) → float32 RGB [image_size, image_size, 3] in [0, 255].
-
-    The EfficientNet-Lite0 pipeline without its normalisation: shorter side to `resize_shorter`
-    (bicubic, antialiased), centre crop. Each keras.applications backbone normalises after this.
-    """
-    image_bytes = _flag_animated_webp_alpha(tf.convert_to_tensor(image_bytes, tf.string))
-    image = _to_rgb(tf.io.decode_image(image_bytes, channels=0, dtype=tf.uint8, expand_animations=False))
-    image.set_shape([None, None, 3])
-    shape = tf.shape(image)
-    height = tf.cast(shape[0], tf.float64)
-    width = tf.cast(shape[1], tf.float64)
-    scale = resize_shorter / tf.minimum(height, width)
-    new_height = tf.maximum(tf.cast(tf.round(height * scale), tf.int32), resize_shorter)
-    new_width = tf.maximum(tf.cast(tf.round(width * scale), tf.int32), resize_shorter)
-    resized = tf.image.resize(
-        tf.cast(image, tf.float32), tf.stack([new_height, new_width]), method="bicubic", antialias=True
-    )
-    top = (new_height - image_size) // 2
-    left = (new_width - image_size) // 2
-    cropped = tf.slice(resized, tf.stack([top, left, 0]), [image_size, image_size, 3])
-    return tf.ensure_shape(tf.clip_by_value(cropped, 0.0, 255.0), [image_size, image_size, 3])
 
 
 # --------------------------------------------------------------------------------------------------
