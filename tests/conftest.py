@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import MODEL_NAME, free_port, photo_jpeg, wait_for_model_status
+from tests.support import MODEL_NAME, free_port, photo_jpeg, serving_process, wait_for_model_status
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -47,29 +45,11 @@ def model_base_path(tmp_path_factory: pytest.TempPathFactory, tiny_training) -> 
 
 
 @pytest.fixture(scope="session")
-def serving_target(model_base_path: Path) -> Iterator[str]:
+def serving_target(model_base_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The local serving tier, as a subprocess on a free port, serving the tiny model."""
     port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "serving",
-            "--port",
-            str(port),
-            "--model_name",
-            MODEL_NAME,
-            "--model_base_path",
-            str(model_base_path / MODEL_NAME),
-        ],
-    )
-    target = f"127.0.0.1:{port}"
-    try:
+    args = [f"--port={port}", f"--model_name={MODEL_NAME}", f"--model_base_path={model_base_path / MODEL_NAME}"]
+    with serving_process(args, tmp_path_factory.mktemp("serving") / "server.log", stop_timeout=20) as process:
+        target = f"127.0.0.1:{port}"
         wait_for_model_status(target, MODEL_NAME, process)
         yield target
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()

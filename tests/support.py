@@ -5,7 +5,13 @@ from __future__ import annotations
 import io
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from memefly.paths import REPO_ROOT
 
 MODEL_NAME = "memefly"
 
@@ -43,3 +49,22 @@ def wait_for_model_status(target: str, model_name: str, process: subprocess.Pope
             except grpc.RpcError:
                 time.sleep(0.3)
     raise TimeoutError(f"serving tier at {target} not ready after {timeout} s")
+
+
+@contextmanager
+def serving_process(args: list[str], log_path: Path, stop_timeout: float = 15.0) -> Iterator[subprocess.Popen]:
+    """`python -m serving ARGS` as a subprocess logging to `log_path`; stopped (killed if need be) on exit."""
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "serving", *args], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=log_file
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=stop_timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -7,9 +7,7 @@ reload and the SIGTERM shutdown come last.
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,8 +27,8 @@ from tensorflow_serving.apis import (
 )
 
 from serving.grpc_server import to_tensor_proto
+from tests.support import free_port, serving_process
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL = "captioner"
 STARTUP_SECONDS = 60
 RELOAD_SECONDS = 30
@@ -85,12 +83,6 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("serving")
@@ -99,26 +91,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     export(2, staging / "2")
     port = free_port()
     log_path = root / "server.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "serving", f"--port={port}", f"--model_name={MODEL}"]
-            + [f"--model_base_path={base_path}", "--file_system_poll_wait_seconds=1"],
-            cwd=REPO_ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=log_file,
-        )
-    running = Server(port, base_path, staging, log_path, process)
-    try:
+    args = [f"--port={port}", f"--model_name={MODEL}", f"--model_base_path={base_path}"]
+    with serving_process([*args, "--file_system_poll_wait_seconds=1"], log_path) as process:
+        running = Server(port, base_path, staging, log_path, process)
         wait_until_serving(running)
         yield running
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 def wait_until_serving(server: Server) -> None:

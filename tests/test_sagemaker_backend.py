@@ -12,7 +12,6 @@ boto3's sagemaker-runtime client reaches it through `endpoint_url`, as it would 
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,9 +21,8 @@ import pytest
 
 from gateway.backends import ModelUnavailableError
 from gateway.backends.sagemaker import METADATA_REST, METADATA_REST_INPUT, SageMakerBackend
-from tests.support import MODEL_NAME, free_port, photo_jpeg
+from tests.support import MODEL_NAME, free_port, photo_jpeg, serving_process
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_SECONDS = 90
 PLAIN = "plain"
 REGION = "us-east-1"
@@ -72,25 +70,11 @@ def endpoint_url(tmp_path_factory: pytest.TempPathFactory, tiny_training, model_
     )
     port = free_port()
     log_path = root / "server.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "serving", f"--port={free_port()}", f"--sagemaker_port={port}"]
-            + [f"--model_config_file={config}", "--file_system_poll_wait_seconds=0"],
-            cwd=REPO_ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=log_file,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
+    args = [f"--port={free_port()}", f"--sagemaker_port={port}", f"--model_config_file={config}"]
+    with serving_process([*args, "--file_system_poll_wait_seconds=0"], log_path) as process:
+        url = f"http://127.0.0.1:{port}"
         wait_until_both_models_answer_ping(url, process, log_path)
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def wait_until_both_models_answer_ping(url: str, process: subprocess.Popen, log_path: Path) -> None:

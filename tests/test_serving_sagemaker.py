@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,9 +20,8 @@ import httpx
 import pytest
 import tensorflow as tf
 
-from tests.support import free_port
+from tests.support import free_port, serving_process
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_SECONDS = 60
 MODEL = "half_plus_three"
 
@@ -54,25 +52,11 @@ def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
     )
     port = free_port()
     log_path = root / "server.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "serving", f"--port={free_port()}", f"--sagemaker_port={port}"]
-            + [f"--model_config_file={config}", "--file_system_poll_wait_seconds=0"],
-            cwd=REPO_ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=log_file,
-        )
-    running = Container(f"http://127.0.0.1:{port}", process, log_path)
-    try:
+    args = [f"--port={free_port()}", f"--sagemaker_port={port}", f"--model_config_file={config}"]
+    with serving_process([*args, "--file_system_poll_wait_seconds=0"], log_path) as process:
+        running = Container(f"http://127.0.0.1:{port}", process, log_path)
         wait_for_ping(running)
         yield running
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def wait_for_ping(container: Container) -> None:
