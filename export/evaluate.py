@@ -127,7 +127,7 @@ def evaluate(bundle_dir: Path, data_folder: Path, settings: EvaluationSettings |
             copies += sum(ids in seen for ids in sampled_ids)
             total += len(sampled_ids)
 
-        session.scheduler.close()
+        session.close()
 
     retrieval, retrieval_queries = template_retrieval(train_captions, generated, settings.retrieval_min_captions)
     return {

@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.max_batch_beams,
             settings.batch_wait_ms / 1000,
             on_decode_batch=metrics.decode_batch.observe,
+            version_check_seconds=settings.version_check_seconds,
         )
         try:
             session.captioner()

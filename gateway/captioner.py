@@ -9,11 +9,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from gateway.backends import ModelBackend, ModelInfo
+from gateway.backends import ModelBackend, ModelInfo, ModelVersionGoneError
 from gateway.scheduler import BatchScheduler
 from gateway.search import BeamSearch, Sampling, SamplingSettings, SearchSettings
 from memefly.text import ids_to_boxes
@@ -111,7 +111,15 @@ class Captioner:
 
 
 class ModelSession:
-    """The backend, the batch scheduler, and what the model told us; loads metadata on first need."""
+    """The model tier as the routes see it: one `Captioner` per model version, switched between requests.
+
+    The session pins the version whose vocabulary it loaded; every call of a request names that version.
+    At most every `version_check_seconds` a request's start asks the model tier which version it serves
+    now; when that changed, new requests get a captioner (and scheduler) for the new version while
+    requests already running finish on theirs. A request whose version disappears mid-way (TF Serving
+    unloads the old version once the new one is available) is rerun from the start on the new version,
+    so no caption ever mixes two versions.
+    """
 
     def __init__(
         self,
@@ -119,19 +127,103 @@ class ModelSession:
         max_batch_beams: int = 256,
         batch_wait_seconds: float = 0.002,
         on_decode_batch: Callable[[int], None] | None = None,
+        version_check_seconds: float = 5.0,
+        on_version_switch: Callable[[ModelInfo], None] | None = None,
     ) -> None:
         self.backend = backend
-        self.scheduler = BatchScheduler(backend, max_batch_beams, batch_wait_seconds, on_decode_batch)
+        self.max_batch_beams = max_batch_beams
+        self.batch_wait_seconds = batch_wait_seconds
+        self.on_decode_batch = on_decode_batch
+        self.version_check_seconds = version_check_seconds
+        self.on_version_switch = on_version_switch
         self._captioner: Captioner | None = None
+        self._leases: dict[int, int] = {}  # id(captioner) -> requests running on it
+        self._retired: list[Captioner] = []
+        self._checked_at = 0.0
         self._lock = threading.Lock()
 
+    @property
+    def scheduler(self) -> BatchScheduler:
+        """The current version's scheduler (raises `ModelUnavailableError` while none is loaded)."""
+        return self.captioner().scheduler
+
     def captioner(self) -> Captioner:
-        """Raises `ModelUnavailableError` while the model tier cannot answer."""
+        """The captioner new requests use. Raises `ModelUnavailableError` while the model tier cannot answer."""
         with self._lock:
+            now = time.monotonic()
             if self._captioner is None:
-                self._captioner = Captioner(self.backend, self.backend.load_metadata(), self.scheduler)
+                self._switch()
+            elif now - self._checked_at >= self.version_check_seconds:
+                self._checked_at = now
+                if self.backend.available_version() != self._captioner.info.version:
+                    self._switch()
             return self._captioner
 
+    def caption(
+        self,
+        image_jpeg: bytes,
+        settings: Callable[[Captioner], SearchSettings | SamplingSettings],
+        request: CaptionRequest | None = None,
+    ) -> CaptionResult:
+        """Caption on the current version; `settings` builds the decoding settings for that version's limits."""
+        request = request or CaptionRequest()
+        deadline = time.monotonic() + request.timeout_seconds
+        while True:
+            captioner = self._lease()
+            try:
+                remaining = replace(request, timeout_seconds=max(deadline - time.monotonic(), 1e-3))
+                return captioner.caption(image_jpeg, settings(captioner), remaining)
+            except ModelVersionGoneError:
+                if time.monotonic() >= deadline:
+                    raise
+                self._expire(captioner)
+            finally:
+                self._release(captioner)
+
     def close(self) -> None:
-        self.scheduler.close()
+        with self._lock:
+            captioners = [c for c in [self._captioner, *self._retired] if c is not None]
+            self._captioner, self._retired = None, []
+        for captioner in captioners:
+            captioner.scheduler.close()
         self.backend.close()
+
+    def _switch(self) -> None:
+        info = self.backend.load_metadata()
+        pinned = self.backend.pinned(info.version)
+        scheduler = BatchScheduler(pinned, self.max_batch_beams, self.batch_wait_seconds, self.on_decode_batch)
+        old, self._captioner = self._captioner, Captioner(pinned, info, scheduler)
+        self._checked_at = time.monotonic()
+        if old is not None:
+            self._retire(old)
+        if self.on_version_switch is not None:
+            self.on_version_switch(info)
+
+    def _retire(self, captioner: Captioner) -> None:
+        """Close its scheduler once the last request running on it is done (now, if none is)."""
+        if self._leases.get(id(captioner), 0):
+            self._retired.append(captioner)
+        else:
+            captioner.scheduler.close()
+
+    def _lease(self) -> Captioner:
+        captioner = self.captioner()
+        with self._lock:
+            self._leases[id(captioner)] = self._leases.get(id(captioner), 0) + 1
+        return captioner
+
+    def _release(self, captioner: Captioner) -> None:
+        with self._lock:
+            left = self._leases.pop(id(captioner), 1) - 1
+            if left:
+                self._leases[id(captioner)] = left
+                return
+            if captioner in self._retired:
+                self._retired.remove(captioner)
+                captioner.scheduler.close()
+
+    def _expire(self, captioner: Captioner) -> None:
+        """Its version is gone: the next lease asks the model tier again, at once."""
+        with self._lock:
+            if self._captioner is captioner:
+                self._checked_at = 0.0

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     """The most beams one `decode_step` call carries across all requests."""
     batch_wait_ms: float = Field(2.0, ge=0)
     """How long a tick waits for requests that are already encoding to join it."""
+    version_check_seconds: float = Field(5.0, ge=0)
+    """How often (at most) a request's start asks the model tier whether it serves a new version."""
 
     templates_dir: Path | None = DEFAULT_DATA_DIR
     """A folder in the meme data set's format (templates.json + templates/); none → no templates."""

@@ -258,8 +258,6 @@ async def _generate(
     metrics = request.app.state.metrics
     content_filter = request.app.state.content_filter
     try:
-        captioner = await run_in_threadpool(session.captioner)
-        decoding = _decoding_settings(captioner, options, settings)
         jpeg = await run_in_threadpool(model_input, image, settings.model_input_max_side)
         cancel = threading.Event()
         caption_request = CaptionRequest(
@@ -270,7 +268,14 @@ async def _generate(
             cancel=cancel,
         )
         result = await _until_done_or_disconnected(
-            request, cancel, run_in_threadpool(captioner.caption, jpeg, decoding, caption_request)
+            request,
+            cancel,
+            run_in_threadpool(
+                session.caption,
+                jpeg,
+                lambda captioner: _decoding_settings(captioner, options, settings),
+                caption_request,
+            ),
         )
     except ModelUnavailableError as error:
         metrics.backend_errors.labels("unavailable").inc()

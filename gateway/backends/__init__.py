@@ -1,5 +1,11 @@
 """Model backends behind one interface: in-process SavedModel, or TF Serving over gRPC."""
 
-from gateway.backends.base import DecodeStepResult, ModelBackend, ModelInfo, ModelUnavailableError
+from gateway.backends.base import (
+    DecodeStepResult,
+    ModelBackend,
+    ModelInfo,
+    ModelUnavailableError,
+    ModelVersionGoneError,
+)
 
-__all__ = ["DecodeStepResult", "ModelBackend", "ModelInfo", "ModelUnavailableError"]
+__all__ = ["DecodeStepResult", "ModelBackend", "ModelInfo", "ModelUnavailableError", "ModelVersionGoneError"]

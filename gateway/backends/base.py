@@ -14,6 +14,10 @@ class ModelUnavailableError(RuntimeError):
     """The model tier could not answer (down, starting, timed out); the request may be retried."""
 
 
+class ModelVersionGoneError(ModelUnavailableError):
+    """The pinned version is no longer served (a newer one replaced it): rerun the request on the new one."""
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """Read from the model's own `metadata` signature, never from a file beside it."""
@@ -34,7 +38,15 @@ class ModelBackend(Protocol):
     name: str
 
     def load_metadata(self) -> ModelInfo:
-        """Read vocabulary and contract; pins the version every later call uses."""
+        """Read vocabulary and contract of the version the model tier serves now."""
+        ...
+
+    def available_version(self) -> int:
+        """The version a new request would be served by (a cheap status call, no metadata)."""
+        ...
+
+    def pinned(self, version: int) -> ModelBackend:
+        """This backend with every call addressed to `version` (sharing its connection)."""
         ...
 
     def encode(self, image_bytes: list[bytes]) -> np.ndarray: ...

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from gateway.backends.base import DecodeStepResult, ModelInfo, ModelUnavailableError
+from gateway.backends.base import DecodeStepResult, ModelInfo, ModelUnavailableError, ModelVersionGoneError
 from memefly.contract import DECODE_STEP, ENCODE, METADATA, TOKENIZE, ModelContract
 
 
@@ -32,6 +32,15 @@ class EmbeddedBackend:
         self._encode = self._loaded.signatures[ENCODE]
         self._decode_step = self._loaded.signatures[DECODE_STEP]
         self._metadata = self._loaded.signatures[METADATA]
+
+    def available_version(self) -> int:
+        """The version loaded at start-up: the embedded backend serves one version per process."""
+        return self.version
+
+    def pinned(self, version: int) -> EmbeddedBackend:
+        if version != self.version:
+            raise ModelVersionGoneError(f"version {version} is not loaded (this process serves {self.version})")
+        return self
 
     def load_metadata(self) -> ModelInfo:
         outputs = self._metadata()

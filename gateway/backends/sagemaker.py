@@ -76,6 +76,13 @@ class SageMakerBackend:
         if model_version is not None:
             self._attributes += f",tfs-model-version={model_version}"
 
+    def available_version(self) -> int:
+        """REST answers do not say which version served them: the pin, or 0 for "whatever is served"."""
+        return UNPINNED_VERSION if self.model_version is None else self.model_version
+
+    def pinned(self, version: int) -> SageMakerBackend:
+        return self
+
     def load_metadata(self) -> ModelInfo:
         try:
             outputs = self._predict(METADATA_REST, {METADATA_REST_INPUT: 0})

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import grpc
 import numpy as np
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
-from gateway.backends.base import DecodeStepResult, ModelInfo, ModelUnavailableError
+from gateway.backends.base import DecodeStepResult, ModelInfo, ModelUnavailableError, ModelVersionGoneError
 from gateway.tensors import array_to_proto, proto_to_array, strings_to_proto
 from memefly.contract import DECODE_STEP, ENCODE, METADATA, TOKENIZE, ModelContract
 
@@ -17,7 +23,10 @@ from memefly.contract import DECODE_STEP, ENCODE, METADATA, TOKENIZE, ModelContr
 _SERVICE_CONFIG = {
     "methodConfig": [
         {
-            "name": [{"service": "tensorflow.serving.PredictionService"}],
+            "name": [
+                {"service": "tensorflow.serving.PredictionService"},
+                {"service": "tensorflow.serving.ModelService"},
+            ],
             "retryPolicy": {
                 "maxAttempts": 3,
                 "initialBackoff": "0.05s",
@@ -49,6 +58,32 @@ class TfServingBackend:
             ],
         )
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._model_service = model_service_pb2_grpc.ModelServiceStub(self._channel)
+
+    def pinned(self, version: int) -> TfServingBackend:
+        """Shares the channel; every call names `version`, so a request never reaches two versions."""
+        view = copy.copy(self)
+        view.version = version
+        return view
+
+    def available_version(self) -> int:
+        """The newest AVAILABLE version, from ModelService.GetModelStatus (no Predict call)."""
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = self.model_name
+        try:
+            response = self._model_service.GetModelStatus(request, timeout=self.timeout_seconds)
+        except grpc.RpcError as error:
+            raise ModelUnavailableError(
+                f"TF Serving at {self.target}: {error.code().name}: {error.details()}"
+            ) from error
+        available = [
+            status.version
+            for status in response.model_version_status
+            if status.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        ]
+        if not available:
+            raise ModelUnavailableError(f"TF Serving at {self.target}: no version of {self.model_name} is available")
+        return max(available)
 
     def _predict(self, signature: str, inputs: dict) -> predict_pb2.PredictResponse:
         request = predict_pb2.PredictRequest()
@@ -64,15 +99,16 @@ class TfServingBackend:
             code, details = error.code(), error.details()
             if code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise ValueError(f"the model rejected the input: {details}") from error
+            if code == grpc.StatusCode.NOT_FOUND and self.version is not None:
+                raise ModelVersionGoneError(f"TF Serving at {self.target}: {details}") from error
             raise ModelUnavailableError(f"TF Serving at {self.target}: {code.name}: {details}") from error
 
     def load_metadata(self) -> ModelInfo:
-        self.version = None
+        """The metadata of the version that answers (the latest unless this view is pinned)."""
         response = self._predict(METADATA, {})
         vocabulary = tuple(word.decode("utf-8") for word in proto_to_array(response.outputs["vocabulary"]))
         contract = ModelContract.from_json(proto_to_array(response.outputs["contract"]).item())
-        self.version = response.model_spec.version.value
-        return ModelInfo(self.model_name, self.version, vocabulary, contract)
+        return ModelInfo(self.model_name, response.model_spec.version.value, vocabulary, contract)
 
     def encode(self, image_bytes: list[bytes]) -> np.ndarray:
         response = self._predict(ENCODE, {"image_bytes": strings_to_proto(image_bytes)})
