@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from gateway.admission import Admission
 from gateway.api import health, memes, page, templates
 from gateway.api import metrics as metrics_routes
-from gateway.backends import ModelBackend, ModelUnavailableError
+from gateway.backends import ModelBackend, ModelInfo, ModelUnavailableError
 from gateway.captioner import ModelSession
 from gateway.content_filter import ContentFilter
+from gateway.draining import Drain, DrainingMiddleware
 from gateway.errors import install_error_handlers
+from gateway.images import pillow_pixel_limit
+from gateway.limits import BodySizeLimitMiddleware, max_body_bytes
+from gateway.logs import RequestIdMiddleware, configure_logging
 from gateway.metrics import Metrics, MetricsMiddleware
+from gateway.security import install_cors
 from gateway.settings import Settings
 from gateway.storage import LocalMemeStore, MemeStore, S3MemeStore
 from gateway.templates import TemplateStore
+from gateway.url_fetch import UrlFetcher
+
+log = logging.getLogger(__name__)
 
 
 def make_backend(settings: Settings) -> ModelBackend:
@@ -42,6 +52,10 @@ def make_backend(settings: Settings) -> ModelBackend:
     return TfServingBackend(settings.tfserving_target, settings.model_name, settings.rpc_timeout_seconds)
 
 
+def _log_version_switch(info: ModelInfo) -> None:
+    log.info("serving model version", extra={"model": info.name, "version": info.version})
+
+
 def make_meme_store(settings: Settings) -> MemeStore:
     if settings.meme_store_s3_bucket:
         return S3MemeStore(settings.meme_store_s3_bucket, settings.meme_store_s3_prefix)
@@ -50,8 +64,11 @@ def make_meme_store(settings: Settings) -> MemeStore:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    configure_logging(settings.log_level, settings.log_json)
 
     metrics = Metrics()
+    drain = Drain()
+    admission = Admission(settings.max_concurrent_memes, settings.max_queued_memes, metrics.registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.batch_wait_ms / 1000,
             on_decode_batch=metrics.decode_batch.observe,
             version_check_seconds=settings.version_check_seconds,
+            on_version_switch=_log_version_switch,
         )
         try:
             session.captioner()
@@ -72,7 +90,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.templates = TemplateStore(settings.templates_dir)
         app.state.meme_store = make_meme_store(settings)
         app.state.content_filter = ContentFilter.from_settings(settings.content_filter, settings.blocked_words_file)
-        yield
+        app.state.admission = admission
+        app.state.url_fetcher = (
+            UrlFetcher(settings.max_upload_bytes, settings.url_fetch_timeout_seconds, settings.url_fetch_max_redirects)
+            if settings.url_fetch_enabled
+            else None
+        )
+        with pillow_pixel_limit(settings.max_image_pixels):
+            yield
+        # uvicorn has already waited for open connections; any other server may not have.
+        drain.start()
+        await drain.wait_idle(settings.request_timeout_seconds)
         session.close()
 
     app = FastAPI(
@@ -81,8 +109,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Photo in, meme out: a neural caption drawn on your image.",
         lifespan=lifespan,
     )
+    app.state.drain = drain  # before start-up: a stop signal may come at any time (gateway/server.py)
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes(settings.max_upload_bytes))
+    app.add_middleware(DrainingMiddleware, drain=drain)
+    install_cors(app, settings.cors_allow_origins)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # Added last, so outermost: the request id exists before any other middleware or route runs.
+    app.add_middleware(RequestIdMiddleware)
     app.include_router(health.router)
     app.include_router(metrics_routes.router)
     app.include_router(memes.router)

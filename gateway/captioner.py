@@ -6,6 +6,7 @@ the same as if it ran alone.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from gateway.backends import ModelBackend, ModelInfo, ModelVersionGoneError
 from gateway.scheduler import BatchScheduler
 from gateway.search import BeamSearch, Sampling, SamplingSettings, SearchSettings
 from memefly.text import ids_to_boxes
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,7 @@ class Captioner:
             contract.state_size,
             contract.unk_id,
             prefix=prefix,
+            pad_id=contract.pad_id,
         )
         rpcs += self.scheduler.decode(search, context, deadline, request.cancel)
         captions = [
@@ -172,13 +176,20 @@ class ModelSession:
             captioner = self._lease()
             try:
                 remaining = replace(request, timeout_seconds=max(deadline - time.monotonic(), 1e-3))
-                return captioner.caption(image_jpeg, settings(captioner), remaining)
+                result = captioner.caption(image_jpeg, settings(captioner), remaining)
             except ModelVersionGoneError:
                 if time.monotonic() >= deadline:
                     raise
+                log.warning("model version gone mid-request; rerunning", extra={"version": captioner.info.version})
                 self._expire(captioner)
+                continue
             finally:
                 self._release(captioner)
+            log.info(
+                "captioned",
+                extra={"version": result.model_version, "rpcs": result.rpcs, "captions": len(result.captions)},
+            )
+            return result
 
     def close(self) -> None:
         with self._lock:

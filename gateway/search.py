@@ -79,11 +79,15 @@ class _Decoding:
         beams: int,
         unk_id: int | None,
         prefix: tuple[int, ...] = (),
+        pad_id: int | None = None,
     ) -> None:
         self.prefix = tuple(prefix)[: self.settings.max_length - 1]
         self.end_id = end_id
         self.sep_id = sep_id
         self.unk_id = unk_id
+        # Never words, whatever their (masked, but finite) log-probability: when every other candidate
+        # is banned, a beam must end or die rather than take one.
+        self.never_ids = np.array([i for i in (start_id, pad_id, unk_id) if i is not None], np.int32)
         self.tokens = np.full(beams, start_id, np.int32)
         self.state = np.zeros((beams, state_size), np.float32)
         self.sequences = np.zeros((beams, 0), np.int32)
@@ -129,7 +133,7 @@ class _Decoding:
         after_word = (self.tokens != self.sep_id)[:, None] if self.steps else np.zeros((self.num_live, 1), bool)
         boundary = (top_ids == self.end_id) | (top_ids == self.sep_id)
         last_step = self.steps + 1 >= self.settings.max_length
-        banned = (boundary & ~after_word) | ((top_ids == self.sep_id) & last_step) | (top_ids == self.unk_id)
+        banned = (boundary & ~after_word) | ((top_ids == self.sep_id) & last_step) | np.isin(top_ids, self.never_ids)
         return banned | self._repeats_ngram(top_ids)
 
     def _finish_at_max_length(self) -> None:
@@ -175,9 +179,10 @@ class BeamSearch(_Decoding):
         state_size: int,
         unk_id: int | None = None,
         prefix: tuple[int, ...] = (),
+        pad_id: int | None = None,
     ) -> None:
         self.settings = settings
-        super().__init__(start_id, end_id, sep_id, state_size, beams=1, unk_id=unk_id, prefix=prefix)
+        super().__init__(start_id, end_id, sep_id, state_size, beams=1, unk_id=unk_id, prefix=prefix, pad_id=pad_id)
 
     @property
     def _results_wanted(self) -> int:
@@ -230,10 +235,13 @@ class Sampling(_Decoding):
         state_size: int,
         unk_id: int | None = None,
         prefix: tuple[int, ...] = (),
+        pad_id: int | None = None,
     ) -> None:
         self.settings = settings
         self.rng = np.random.default_rng(settings.seed)
-        super().__init__(start_id, end_id, sep_id, state_size, beams=settings.n, unk_id=unk_id, prefix=prefix)
+        super().__init__(
+            start_id, end_id, sep_id, state_size, beams=settings.n, unk_id=unk_id, prefix=prefix, pad_id=pad_id
+        )
 
     @property
     def _results_wanted(self) -> int:

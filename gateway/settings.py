@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from memefly.paths import DEFAULT_DATA_DIR, DEFAULT_MODEL_BASE_PATH, DEFAULT_MODEL_NAME, REPO_ROOT
 
@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     """How long a tick waits for requests that are already encoding to join it."""
     version_check_seconds: float = Field(5.0, ge=0)
     """How often (at most) a request's start asks the model tier whether it serves a new version."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = True
+    """One JSON object a line with the request id; false: plain text lines (still with the id)."""
 
     templates_dir: Path | None = DEFAULT_DATA_DIR
     """A folder in the meme data set's format (templates.json + templates/); none → no templates."""
@@ -57,3 +60,26 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)
     model_input_max_side: int = Field(512, ge=64)
     """Uploads are scaled to this longest side before they go to `encode`, like the training templates."""
+
+    # Reliability and security (README: "Limits, errors and security").
+    max_image_pixels: int = Field(40_000_000, gt=0)
+    """Width × height, checked from the header before decoding (413 above it); also Pillow's own limit."""
+    max_concurrent_memes: int = Field(16, ge=1)
+    """Meme requests worked on at once; more wait in the queue."""
+    max_queued_memes: int = Field(32, ge=0)
+    """Meme requests waiting for a slot; beyond them, 429 with Retry-After."""
+    api_keys: Annotated[list[SecretStr], NoDecode] = []
+    """Comma-separated; when set, the POST routes need one in `X-API-Key`. Never logged."""
+    cors_allow_origins: Annotated[list[str], NoDecode] = []
+    """Comma-separated origins allowed to call from a browser (`*` for any); none: no CORS headers."""
+    url_fetch_enabled: bool = False
+    """Allow `image_url` (https only, public addresses only)."""
+    url_fetch_timeout_seconds: float = Field(5.0, gt=0)
+    url_fetch_max_redirects: int = Field(3, ge=0, le=10)
+
+    @field_validator("api_keys", "cors_allow_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
