@@ -134,6 +134,7 @@ def evaluate(bundle_dir: Path, data_folder: Path, settings: EvaluationSettings |
         "model": model_config.model_name,
         "decoder": model_config.decoder,
         "encoder": model_config.encoder,
+        "training_captions": len(train_captions),
         "validation_captions": len(validation_captions),
         "perplexity_with_image": ppl_image,
         "perplexity_image_blanked": ppl_blank,

@@ -75,9 +75,12 @@ def evaluate(
     from export.data import data_dir as resolve_data_dir
     from export.evaluate import evaluate as run_evaluation
     from export.evaluate import write_reports
+    from export.model_card import write_model_card
 
     report = run_evaluation(bundle_dir, resolve_data_dir(data_dir))
     write_reports(report, out_dir or bundle_dir)
+    if out_dir is None or out_dir == bundle_dir:
+        typer.echo(f"wrote {write_model_card(bundle_dir)}")
     typer.echo(json.dumps({k: v for k, v in report.items() if k != "examples"}, indent=2))
 
 
@@ -152,16 +155,15 @@ def serve(
         str | None, typer.Option(help="embedded, tfserving or sagemaker; default $MEMEFLY_BACKEND")
     ] = None,
 ) -> None:
-    """Run the gateway (settings from MEMEFLY_* variables)."""
-    import uvicorn
-
+    """Run the gateway (settings from MEMEFLY_* variables); SIGTERM drains it gracefully."""
     from gateway.app import create_app
+    from gateway.server import gateway_server
     from gateway.settings import Settings
 
     settings = Settings(**({"backend": backend} if backend else {}))
     typer.echo(f"memefly gateway on http://{host}:{port} with the {settings.backend} backend; make a meme with:")
     typer.echo(f"  curl -sS -F image=@{_sample_image()} http://{host}:{port}/v1/memes -o meme.png")
-    uvicorn.run(create_app(settings), host=host, port=port)
+    gateway_server(create_app(settings), host, port, settings.request_timeout_seconds).run()
 
 
 if __name__ == "__main__":

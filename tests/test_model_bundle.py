@@ -74,3 +74,22 @@ def test_evaluation_report_has_every_metric(tiny_training, tmp_path: Path, data_
     assert report["templates_sampled"] == 8
     write_reports(report, tmp_path / "report")
     assert "| perplexity_ratio |" in (tmp_path / "report" / "EVALUATION.md").read_text()
+
+
+def test_model_card_is_written_from_the_bundles_own_records(tiny_training, tmp_path: Path) -> None:
+    import json
+
+    from export.model_card import write_model_card
+
+    bundle = tmp_path / "bundle"
+    save_bundle(tiny_training, bundle)
+    report = {"model": "memefly", "validation_captions": 123, "perplexity_ratio": 0.5, "distinct_2": 0.4}
+    report["examples"] = {"buzz": ["memes / memes everywhere"]}
+    (bundle / "evaluation.json").write_text(json.dumps(report))
+    card = write_model_card(bundle).read_text()
+    val_loss = tiny_training.history["val_loss"]
+    assert f"{min(val_loss):.3f} nats/token" in card
+    assert f"| state_size | `{tiny_training.model_config.state_size}` |" in card
+    assert "| perplexity_ratio | 0.500 | ≤ 0.8 | yes |" in card
+    assert "| distinct_2 | 0.400 | ≥ 0.6 | no |" in card
+    assert "“memes / memes everywhere”" in card
