@@ -22,12 +22,12 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export MEMEFLY_MODEL_NAME := $(MODEL_NAME)
 export MEMEFLY_MODEL_BASE_PATH := $(abspath $(MODEL_BASE_PATH))
 
-.PHONY: venv model train evaluate run serve-local run-two-tier test lint format clean deploy-plan deploy destroy model-archive
+.PHONY: venv model train evaluate run serve-local run-two-tier test soak bench lint format clean deploy-plan deploy destroy model-archive
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[embedded,serving,train,aws,dev]'
+	$(BIN)/pip install --quiet -e '.[embedded,serving,train,aws,dev,bench]'
 	touch $@
 
 venv: $(STAMP)
@@ -66,6 +66,19 @@ run-two-tier: model
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# Both tiers measured on this machine (README, "Benchmark"): a table, var/bench/report.{json,md,png}.
+# BENCH_ARGS=--quick for a short smoke run.
+bench: model
+	$(BIN)/python -m bench --out var/bench --model-base-path $(MODEL_BASE_PATH) --profile $(BENCH_ARGS)
+
+# A long mixed load (photos, the hostile-upload corpus, templates) against a gateway it starts on the
+# embedded backend; fails on a 500, a wrong status, a slow meme or growing memory (tests/soak.py).
+# Not part of `make test`. SOAK_SECONDS=1800 for longer; SOAK_ARGS=--url=http://host:port for a running gateway.
+SOAK_SECONDS ?= 300
+SOAK_CONCURRENCY ?= 8
+soak: model
+	$(BIN)/python -m tests.soak --duration $(SOAK_SECONDS) --concurrency $(SOAK_CONCURRENCY) $(SOAK_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

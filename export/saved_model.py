@@ -1,7 +1,8 @@
 """Wrap a trained encoder and decoder in the contract's signatures and write a versioned SavedModel.
 
-The directory layout is TF Serving's: `<base>/<model_name>/<version>/saved_model.pb`, written to a
-temporary sibling first and renamed, so a server polling the base path never sees half a model.
+The directory layout is TF Serving's: `<base>/<model_name>/<version>/saved_model.pb`, with warm-up
+requests in `assets.extra/` (export/warmup.py), written to a temporary sibling first and renamed, so a
+server polling the base path never sees half a model.
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from export.generate import SearchInputs, SpecialIds, beam_search, caption_text
 from export.model import Decoder, ImageEncoder, ModelConfig
 from export.tokenizer import Tokenizer
+from export.warmup import write_warmup_requests
 from memefly.contract import (
     DECODE_STEP,
     ENCODE,
+    GENERATE,
+    GENERATE_SIGNATURE,
     METADATA,
     METADATA_REST,
     METADATA_REST_SIGNATURE,
@@ -56,6 +61,7 @@ class CaptionModule(tf.Module):
         self.metadata_rest = tf.function(self._metadata_rest, input_signature=input_signature(METADATA_REST_SIGNATURE))
         self.tokenize = tf.function(self._tokenize, input_signature=input_signature(TOKENIZE_SIGNATURE))
         self.score = tf.function(self._score, input_signature=input_signature(contract.score))
+        self.generate = tf.function(self._generate, input_signature=input_signature(GENERATE_SIGNATURE))
         self.start_id = contract.start_id
         self.end_id = contract.end_id
 
@@ -65,11 +71,57 @@ class CaptionModule(tf.Module):
     def _decode_step(
         self, tokens: tf.Tensor, state: tf.Tensor, context: tf.Tensor, context_index: tf.Tensor, k: tf.Tensor
     ) -> dict[str, tf.Tensor]:
-        logits, new_state = self.decoder.step(tokens, state, tf.gather(context, context_index))
+        top_log_probs, top_ids, new_state = self._next_candidates(tokens, state, tf.gather(context, context_index), k)
+        return {"top_log_probs": top_log_probs, "top_ids": top_ids, "state": new_state}
+
+    def _next_candidates(
+        self, tokens: tf.Tensor, state: tf.Tensor, context_rows: tf.Tensor, k: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """One step for each row: its k most likely next tokens, and the new state. `decode_step` and
+        `generate` both step through here, so the in-graph search sees exactly what the gateway sees."""
+        logits, new_state = self.decoder.step(tokens, state, context_rows)
         log_probs = tf.nn.log_softmax(logits + self.banned_mask)
         k = tf.clip_by_value(k, 1, tf.shape(log_probs)[-1])
         top = tf.math.top_k(log_probs, k=k)
-        return {"top_log_probs": top.values, "top_ids": tf.cast(top.indices, tf.int32), "state": new_state}
+        return top.values, tf.cast(top.indices, tf.int32), new_state
+
+    def _generate(
+        self,
+        image_bytes: tf.Tensor,
+        prefix: tf.Tensor,
+        beam_width: tf.Tensor,
+        n_best: tf.Tensor,
+        max_length: tf.Tensor,
+        length_penalty: tf.Tensor,
+        no_repeat_ngram_size: tf.Tensor,
+    ) -> dict[str, tf.Tensor]:
+        one_each = tf.debugging.assert_equal(
+            tf.size(prefix), tf.size(image_bytes), message='prefix needs one entry per image ("" for none)'
+        )
+        with tf.control_dependencies([one_each]):
+            prefix = tf.identity(prefix)
+        context = self._encode(image_bytes)["context"]
+        prefix_ids, prefix_lengths = self.tokenizer(prefix)
+        # As the gateway: a prefix of nothing but white space is no prefix.
+        prefix_lengths = tf.where(tf.equal(tf.strings.strip(prefix), ""), 0, prefix_lengths)
+        contract = self.contract
+        found = beam_search(
+            self._next_candidates,
+            context,
+            prefix_ids,
+            prefix_lengths,
+            SearchInputs(beam_width, n_best, max_length, length_penalty, no_repeat_ngram_size),
+            SpecialIds(contract.start_id, contract.end_id, contract.sep_id, contract.unk_id, contract.pad_id),
+            contract.state_size,
+            contract.max_length,
+        )
+        shape = tf.shape(found["lengths"])
+        text = caption_text(
+            tf.reshape(found["ids"], [shape[0] * shape[1], -1]),
+            tf.reshape(found["lengths"], [-1]),
+            self.tokenizer.vocabulary(),
+        )
+        return {**found, "text": tf.reshape(text, shape)}
 
     def _tokenize(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
         ids, lengths = self.tokenizer(text)
@@ -136,8 +188,10 @@ def export_saved_model(module: CaptionModule, model_dir: Path, version: int | No
                 METADATA_REST: module.metadata_rest,
                 TOKENIZE: module.tokenize,
                 SCORE: module.score,
+                GENERATE: module.generate,
             },
         )
+        write_warmup_requests(staging, module.contract)
         staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -35,9 +35,10 @@ def make_backend(settings: Settings) -> ModelBackend:
 
         return EmbeddedBackend(settings.model_base_path, settings.model_name)
     if settings.backend == "sagemaker":
-        from gateway.backends.sagemaker import SageMakerBackend
+        from gateway.backends.sagemaker import SageMakerBackend, SageMakerGenerateBackend
 
-        return SageMakerBackend(
+        sagemaker = SageMakerGenerateBackend if settings.sagemaker_mode == "generate" else SageMakerBackend
+        return sagemaker(
             settings.sagemaker_endpoint_name,
             settings.model_name,
             settings.sagemaker_region,

@@ -15,8 +15,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from gateway.backends import ModelBackend, ModelInfo, ModelVersionGoneError
+from gateway.backends.base import GenerateBackend
 from gateway.scheduler import BatchScheduler
-from gateway.search import BeamSearch, Sampling, SamplingSettings, SearchSettings
+from gateway.search import BeamSearch, Hypothesis, Sampling, SamplingSettings, SearchSettings
 from memefly.text import ids_to_boxes
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,10 @@ class Captioner:
     ) -> CaptionResult:
         """Beam search with `SearchSettings`, sampling with `SamplingSettings`."""
         request = request or CaptionRequest()
+        whole_search = isinstance(settings, SearchSettings) and not request.context_noise
+        if whole_search and isinstance(self.backend, GenerateBackend):
+            # One model call: the model tokenizes the prefix, encodes and searches in-graph (no noise possible).
+            return self._result(self.backend.generate(image_jpeg, settings, request.prefix), rpcs=1)
         contract = self.info.contract
         deadline = time.monotonic() + request.timeout_seconds
         rpcs = 0
@@ -108,9 +113,11 @@ class Captioner:
             pad_id=contract.pad_id,
         )
         rpcs += self.scheduler.decode(search, context, deadline, request.cancel)
-        captions = [
-            Caption(ids_to_boxes(h.ids, self.info.vocabulary, contract), h.score, h.log_prob) for h in search.results()
-        ]
+        return self._result(search.results(), rpcs)
+
+    def _result(self, hypotheses: list[Hypothesis], rpcs: int) -> CaptionResult:
+        vocabulary, contract = self.info.vocabulary, self.info.contract
+        captions = [Caption(ids_to_boxes(h.ids, vocabulary, contract), h.score, h.log_prob) for h in hypotheses]
         return CaptionResult([c for c in captions if c.boxes], self.info.name, self.info.version, rpcs)
 
 

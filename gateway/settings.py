@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -28,6 +29,8 @@ class Settings(BaseSettings):
     sagemaker_endpoint_url: str | None = None
     sagemaker_connect_timeout_seconds: float = Field(2.0, gt=0)
     sagemaker_max_attempts: int = Field(3, ge=1)
+    sagemaker_mode: Literal["generate", "step_loop"] = "generate"
+    """generate: one InvokeEndpoint per beam-search meme (the `generate` signature); step_loop: one per step."""
 
     beam_width: int = Field(4, ge=1, le=16)
     n_best: int = Field(3, ge=1, le=16)
@@ -80,6 +83,8 @@ class Settings(BaseSettings):
     @field_validator("api_keys", "cors_allow_origins", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            return json.loads(value)
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value

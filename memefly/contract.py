@@ -18,6 +18,7 @@ METADATA_REST = "metadata_rest"
 endpoint offers) cannot call a signature without inputs."""
 TOKENIZE = "tokenize"
 SCORE = "score"
+GENERATE = "generate"
 
 PAD, START, END, UNK, SEP = "<pad>", "<start>", "<end>", "<unk>", "<sep>"
 SPECIAL_TOKENS = (PAD, START, END, UNK, SEP)
@@ -99,6 +100,37 @@ def score_signature(context_shape: tuple[int, ...]) -> SignatureSpec:
     )
 
 
+GENERATE_MAX_BEAM_WIDTH = 32
+"""The widest beam `generate` accepts: a bound on the work one call can ask for."""
+
+GENERATE_SIGNATURE = SignatureSpec(
+    GENERATE,
+    inputs=(
+        TensorSpec("image_bytes", "string", (None,)),
+        TensorSpec("prefix", "string", (None,)),
+        TensorSpec("beam_width", "int32", ()),
+        TensorSpec("n_best", "int32", ()),
+        TensorSpec("max_length", "int32", ()),
+        TensorSpec("length_penalty", "float32", ()),
+        TensorSpec("no_repeat_ngram_size", "int32", ()),
+    ),
+    outputs=(
+        TensorSpec("ids", "int32", (None, None, None)),
+        TensorSpec("lengths", "int32", (None, None)),
+        TensorSpec("log_probs", "float32", (None, None)),
+        TensorSpec("scores", "float32", (None, None)),
+        TensorSpec("text", "string", (None, None)),
+    ),
+)
+"""The whole beam search in-graph, with the gateway's rules (gateway/search.py), for N images in one call.
+
+`prefix[i]` is image i's caption beginning as text ("" for none), tokenized in-graph. The settings are
+the gateway's `SearchSettings`; `max_length` is capped at the model's. Outputs hold the `n_best`
+captions of each image, best first: `ids` [N, n_best, max_length] padded with `<pad>`, `text` with one
+line a box (`BOX_SEPARATOR_TEXT`). A slot with no caption has length 0, text "" and score -inf.
+Scalar settings make it columnar-only over REST (`{"inputs": ...}`), as `decode_step` is.
+"""
+
 METADATA_SIGNATURE = SignatureSpec(
     METADATA,
     inputs=(),
@@ -176,4 +208,5 @@ def signatures(contract: ModelContract) -> tuple[SignatureSpec, ...]:
         METADATA_REST_SIGNATURE,
         TOKENIZE_SIGNATURE,
         contract.score,
+        GENERATE_SIGNATURE,
     )

@@ -10,15 +10,15 @@ from collections.abc import Sequence
 
 from memefly.contract import ModelContract
 
-_NO_SPACE_BEFORE = set(".,!?;:%)]}…")
-_NO_SPACE_AFTER = set("([{#$")
+NO_SPACE_BEFORE = set(".,!?;:%)]}…")
+NO_SPACE_AFTER = set("([{#$")
 
 
 def join_tokens(words: Sequence[str]) -> str:
     """Join word tokens with spaces, attaching punctuation the way it is written."""
     text = ""
     for word in words:
-        glue = not text or text[-1] in _NO_SPACE_AFTER or (word and word[0] in _NO_SPACE_BEFORE)
+        glue = not text or text[-1] in NO_SPACE_AFTER or (word and word[0] in NO_SPACE_BEFORE)
         text += word if glue else " " + word
     return text
 

@@ -35,6 +35,15 @@ def tiny_training(tmp_path_factory: pytest.TempPathFactory, data_folder: Path):
 
 
 @pytest.fixture(scope="session")
+def tiny_transformer_training(tmp_path_factory: pytest.TempPathFactory, data_folder: Path):
+    """The tiny-transformer preset trained on real captions in seconds (a `TrainResult`)."""
+    from export.train import PRESETS, train
+
+    model_config, train_config = PRESETS["tiny-transformer"]
+    return train(model_config, train_config, data_folder, tmp_path_factory.mktemp("transformer-train"))
+
+
+@pytest.fixture(scope="session")
 def model_base_path(tmp_path_factory: pytest.TempPathFactory, tiny_training) -> Path:
     """`<base>/memefly/1/`: the tiny model exported through the real export code."""
     from export.saved_model import export_saved_model

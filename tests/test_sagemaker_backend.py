@@ -7,20 +7,33 @@ The stand-in serves two models from one model config file:
 - `plain`: the session's export as it is, which now writes `metadata_rest` itself.
 
 boto3's sagemaker-runtime client reaches it through `endpoint_url`, as it would reach AWS.
+
+The gateway's two modes (`generate`: one InvokeEndpoint per meme; `step_loop`) are checked against the
+serving tier run in-process, whose per-signature call counts show what each meme cost.
 """
 
 from __future__ import annotations
 
+import io
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
 
 from gateway.backends import ModelUnavailableError
-from gateway.backends.sagemaker import METADATA_REST, METADATA_REST_INPUT, SageMakerBackend
+from gateway.backends.sagemaker import (
+    METADATA_REST,
+    METADATA_REST_INPUT,
+    SageMakerBackend,
+    SageMakerGenerateBackend,
+)
+from gateway.search import SearchSettings
 from tests.support import MODEL_NAME, free_port, photo_jpeg, serving_process
 
 STARTUP_SECONDS = 90
@@ -210,3 +223,109 @@ def test_a_down_endpoint_is_unavailable_within_the_timeouts() -> None:
     finally:
         model_backend.close()
     assert time.monotonic() - started < 10
+
+
+def test_generate_mode_on_a_model_without_generate_names_the_fix(endpoint_url: str, chelsea_jpeg: bytes) -> None:
+    # `memefly` here is the test's own re-export, with every signature but `generate`.
+    model_backend = SageMakerGenerateBackend("memefly-endpoint", MODEL_NAME, REGION, endpoint_url=endpoint_url)
+    try:
+        with pytest.raises(ModelUnavailableError, match="no `generate` signature.*MEMEFLY_SAGEMAKER_MODE=step_loop"):
+            model_backend.generate(chelsea_jpeg, SearchSettings())
+    finally:
+        model_backend.close()
+
+
+@pytest.fixture(scope="module")
+def counted_endpoint(model_base_path: Path) -> Iterator[tuple[str, Counter[str]]]:
+    """The serving tier in-process on the session's export: the SageMaker port, and the calls of each signature."""
+    from tensorflow_serving.apis import model_pb2
+
+    from serving.tier import ServingTier, TierOptions
+
+    port = free_port()
+    options = TierOptions(
+        grpc_port=free_port(),
+        model_name=MODEL_NAME,
+        model_base_path=str(model_base_path / MODEL_NAME),
+        file_system_poll_wait_seconds=0,
+        sagemaker_port=port,
+    )
+    tier = ServingTier(options)
+    assert tier.start(), "the serving tier did not start"
+    try:
+        assert tier.store is not None
+        yield f"http://127.0.0.1:{port}", tier.store.resolve(model_pb2.ModelSpec(name=MODEL_NAME)).signature_calls
+    finally:
+        tier.stop(0)
+
+
+@pytest.fixture(scope="module")
+def gateways(
+    counted_endpoint: tuple[str, Counter[str]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, TestClient]]:
+    from gateway.app import create_app
+    from gateway.settings import Settings
+
+    url, _ = counted_endpoint
+    common = {
+        "backend": "sagemaker",
+        "model_name": MODEL_NAME,
+        "sagemaker_endpoint_url": url,
+        "sagemaker_region": REGION,
+        "sagemaker_model_version": 1,
+        "meme_store_dir": tmp_path_factory.mktemp("memes"),
+    }
+    with (
+        TestClient(create_app(Settings(sagemaker_mode="generate", **common))) as generate,
+        TestClient(create_app(Settings(sagemaker_mode="step_loop", **common))) as step_loop,
+    ):
+        yield {"generate": generate, "step_loop": step_loop}
+
+
+def _meme(client: TestClient, calls: Counter[str], image: bytes, **form) -> tuple[httpx.Response, Counter[str]]:
+    """POSTs a meme; returns the answer and the model calls it made."""
+    before = Counter(calls)
+    headers = {"Accept": "application/json"} if form.pop("json", False) else {}
+    response = client.post("/v1/memes", files={"image": ("photo.jpg", image, "image/jpeg")}, data=form, headers=headers)
+    assert response.status_code == 200, response.text
+    return response, Counter(calls) - before
+
+
+def test_generate_mode_makes_a_meme_with_one_invocation(
+    gateways: dict[str, TestClient], counted_endpoint: tuple[str, Counter[str]], chelsea_jpeg: bytes
+) -> None:
+    _, calls = counted_endpoint
+    response, made = _meme(gateways["generate"], calls, chelsea_jpeg)
+
+    assert made == Counter({"generate": 1})
+    assert response.headers["content-type"] == "image/png"
+    assert response.headers["x-memefly-rpcs"] == "1"
+    assert Image.open(io.BytesIO(response.content)).size == Image.open(io.BytesIO(chelsea_jpeg)).size
+
+
+@pytest.mark.parametrize("prefix", ["", "me when\n"])
+def test_generate_mode_gives_the_step_loops_captions(
+    gateways: dict[str, TestClient], counted_endpoint: tuple[str, Counter[str]], chelsea_jpeg: bytes, prefix: str
+) -> None:
+    _, calls = counted_endpoint
+    answers, made = {}, {}
+    for mode, client in gateways.items():
+        response, made[mode] = _meme(client, calls, chelsea_jpeg, json=True, prefix=prefix, beam_width="3")
+        answers[mode] = response.json()
+
+    assert made["generate"] == Counter({"generate": 1}) and answers["generate"]["rpcs"] == 1
+    assert "generate" not in made["step_loop"] and made["step_loop"]["decode_step"] >= 2
+    generated, stepped = answers["generate"]["captions"], answers["step_loop"]["captions"]
+    assert generated, "no caption"
+    assert [c["boxes"] for c in generated] == [c["boxes"] for c in stepped]
+    assert [c["score"] for c in generated] == pytest.approx([c["score"] for c in stepped], abs=1e-4)
+
+
+def test_sampling_in_generate_mode_takes_the_step_loop(
+    gateways: dict[str, TestClient], counted_endpoint: tuple[str, Counter[str]], chelsea_jpeg: bytes
+) -> None:
+    _, calls = counted_endpoint
+    response, made = _meme(gateways["generate"], calls, chelsea_jpeg, json=True, decoding="sample", seed="7")
+
+    assert "generate" not in made and made["encode"] == 1 and made["decode_step"] >= 1
+    assert response.json()["rpcs"] == sum(made.values())

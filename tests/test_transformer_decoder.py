@@ -15,7 +15,7 @@ from export.data import iter_captions, load_templates
 from export.model import ModelConfig, TransformerDecoder, build_decoder, build_encoder
 from export.saved_model import export_saved_model
 from export.tokenizer import Tokenizer, build_vocabulary, caption_text, write_vocabulary
-from export.train import PRESETS, make_sequences, train
+from export.train import PRESETS, make_sequences
 from memefly.contract import DECODE_STEP, ENCODE, METADATA, SCORE, TOKENIZE, ModelContract, signatures
 from tests.support import MODEL_NAME, photo_jpeg
 
@@ -23,9 +23,8 @@ _DTYPES = {"string": tf.string, "int32": tf.int32, "float32": tf.float32}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, data_folder: Path):
-    model_config, train_config = PRESETS["tiny-transformer"]
-    return train(model_config, train_config, data_folder, tmp_path_factory.mktemp("transformer-train"))
+def trained(tiny_transformer_training):
+    return tiny_transformer_training
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from fastapi.concurrency import run_in_threadpool
+import anyio
+import numpy as np
+from fastapi import APIRouter, Request
 
 from gateway.api.deps import SessionDep
 from gateway.backends import ModelUnavailableError
+from gateway.captioner import Captioner, ModelSession
 from gateway.errors import ApiError
 
 router = APIRouter(tags=["health"])
+
+READINESS_TIMEOUT_SECONDS = 2.0
+"""A load balancer's probe gets its answer within this, even if the model tier hangs."""
 
 
 @router.get("/healthz")
@@ -17,11 +22,38 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+def probe_model(session: ModelSession) -> Captioner:
+    """Metadata once, then on every probe one single-beam `decode_step`: a cached answer would stay
+    "ready" while the model tier is down."""
+    captioner = session.captioner()
+    contract = captioner.info.contract
+    captioner.backend.decode_step(
+        np.array([contract.start_id], np.int32),
+        np.zeros((1, contract.state_size), np.float32),
+        np.zeros((1, *contract.context_shape), np.float32),
+        np.zeros(1, np.int32),
+        1,
+    )
+    return captioner
+
+
+def _not_ready(code: str, message: str) -> ApiError:
+    return ApiError(503, code, message, {"Retry-After": "1"})
+
+
 @router.get("/readyz")
-async def readyz(session: SessionDep) -> dict[str, str | int]:
-    """Ready once the model has answered its `metadata` call."""
+async def readyz(request: Request, session: SessionDep) -> dict[str, str | int]:
+    """Ready while the model tier answers a decode step and the gateway is not shutting down."""
+    if request.app.state.drain.draining:
+        raise _not_ready("shutting_down", "this gateway is shutting down")
+    captioner = None
     try:
-        captioner = await run_in_threadpool(session.captioner)
+        with anyio.move_on_after(READINESS_TIMEOUT_SECONDS):
+            captioner = await anyio.to_thread.run_sync(probe_model, session, abandon_on_cancel=True)
     except ModelUnavailableError as error:
-        raise ApiError(503, "model_unavailable", str(error), {"Retry-After": "1"}) from error
+        raise _not_ready("model_unavailable", str(error)) from error
+    except Exception as error:  # the probe itself was refused: not ready either, and say why
+        raise _not_ready("model_unavailable", f"the model tier failed a probe: {error}") from error
+    if captioner is None:
+        raise _not_ready("model_unavailable", f"the model tier did not answer within {READINESS_TIMEOUT_SECONDS} s")
     return {"status": "ready", "model": captioner.info.name, "version": captioner.info.version}

@@ -6,28 +6,33 @@ import asyncio
 import base64
 import binascii
 import threading
-from typing import Literal
+import time
+from typing import Annotated, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request, Response
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, StringConstraints, ValidationError
 from starlette.datastructures import UploadFile
 
 from gateway.api.deps import SessionDep, SettingsDep
 from gateway.backends import ModelUnavailableError
 from gateway.captioner import Caption, CaptionRequest, CaptionResult, ModelSession
 from gateway.errors import ApiError
-from gateway.images import model_input, open_upload
+from gateway.images import accepted_formats_text, model_input, open_upload
 from gateway.render import render_meme
 from gateway.scheduler import DeadlineExceeded
 from gateway.search import SamplingSettings, SearchSettings
+from gateway.security import ApiKeyRequired
 from gateway.settings import Settings
 from gateway.templates import Template
 
 router = APIRouter(tags=["memes"])
 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+MAX_BOX_CHARACTERS = 500
+"""Layout time grows with the text: 20 000 characters take seconds to fit into a box."""
 
 
 class MemeOptions(BaseModel):
@@ -48,14 +53,42 @@ class MemeOptions(BaseModel):
     )
     format: Literal["png", "jpeg", "webp"] = "png"
     uppercase: bool = True
-    text: list[str] | None = Field(
+    text: list[Annotated[str, StringConstraints(max_length=MAX_BOX_CHARACTERS)]] | None = Field(
         None, max_length=8, description="Your own text, one string a box: rendered as given, no model call."
     )
 
 
 class MemeJsonRequest(MemeOptions):
-    image: str | None = Field(None, description="The image file's bytes, base64-encoded (JPEG, PNG, WebP, GIF or BMP).")
-    template_id: str | None = Field(None, description="A known template instead of an image (GET /v1/templates).")
+    image: str | None = Field(
+        None, description=f"The image file's bytes, base64-encoded ({accepted_formats_text()}); a data: URL is fine."
+    )
+    image_url: str | None = Field(
+        None,
+        max_length=2048,
+        description="An https URL to fetch the image from, if the gateway allows it (MEMEFLY_URL_FETCH_ENABLED).",
+    )
+    template_id: str | None = Field(
+        None,
+        max_length=200,
+        description="A known template instead of an image (GET /v1/templates).",
+        examples=["drake"],
+    )
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+def _error_responses(*statuses: int) -> dict[int | str, dict]:
+    return {status: {"model": ErrorBody} for status in statuses}
+
+
+_MEME_ERRORS = _error_responses(400, 401, 403, 404, 413, 415, 422, 429, 503, 504)
 
 
 class TemplateMemeRequest(MemeOptions):
@@ -90,11 +123,14 @@ def _invalid(error: ValidationError) -> ApiError:
 
 
 async def _read_request(request: Request, max_bytes: int) -> tuple[bytes | None, MemeJsonRequest]:
-    """The upload (None when a template is named) and the options, from multipart or JSON."""
-    content_type = request.headers.get("content-type", "")
+    """The uploaded bytes (None for an image_url or a template) and the options, from multipart or JSON.
+
+    The body is already capped (gateway/limits.py); multipart files spill to disk past 1 MB.
+    """
+    content_type = request.headers.get("content-type", "").lower()
     data: bytes | None = None
     if content_type.startswith("multipart/form-data"):
-        form = await request.form()
+        form = await request.form(max_files=1, max_fields=64, max_part_size=64 * 1024)
         upload = form.get("image")
         fields: dict = {key: value for key, value in form.items() if key != "image" and isinstance(value, str)}
         if "text" in fields:
@@ -105,30 +141,43 @@ async def _read_request(request: Request, max_bytes: int) -> tuple[bytes | None,
             raise _invalid(error) from error
         if isinstance(upload, UploadFile):
             data = await upload.read(max_bytes + 1)
-        elif options.template_id is None:
-            raise ApiError(422, "invalid_request", "multipart form needs a file field named 'image' or a template_id")
+        elif upload is not None:
+            raise ApiError(422, "invalid_request", "'image' must be a file field")
     elif content_type.startswith("application/json"):
-        body = await request.body()
-        if len(body) > max_bytes * 4 // 3 + 1024:
-            raise ApiError(413, "image_too_large", f"the request body exceeds {max_bytes} bytes of image")
         try:
-            options = MemeJsonRequest.model_validate_json(body)
+            options = MemeJsonRequest.model_validate_json(await request.body())
         except ValidationError as error:
             raise _invalid(error) from error
         if options.image is not None:
-            try:
-                data = base64.b64decode(options.image, validate=True)
-            except (binascii.Error, ValueError) as error:
-                raise ApiError(422, "invalid_request", "image: not valid base64") from error
-        elif options.template_id is None:
-            raise ApiError(422, "invalid_request", "give a base64 'image' or a 'template_id'")
+            data = _decode_base64(options.image)
     else:
         raise ApiError(
             415, "unsupported_media_type", "send multipart/form-data with an 'image' file, or JSON with base64 'image'"
         )
+    sources = [data is not None, options.image_url is not None, options.template_id is not None]
+    if sum(sources) != 1:
+        raise ApiError(422, "invalid_request", "give exactly one of an image, an image_url or a template_id")
     if data is not None and len(data) > max_bytes:
         raise ApiError(413, "image_too_large", f"the image exceeds {max_bytes} bytes")
     return data, options
+
+
+def _decode_base64(text: str) -> bytes:
+    if text.startswith("data:") and "," in text:
+        header, text = text.split(",", 1)
+        if not header.endswith(";base64"):
+            raise ApiError(422, "invalid_request", "image: a data: URL must be base64-encoded")
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise ApiError(422, "invalid_request", "image: not valid base64") from error
+
+
+async def _fetch_image(request: Request, url: str) -> bytes:
+    fetcher = request.app.state.url_fetcher
+    if fetcher is None:
+        raise ApiError(403, "url_fetch_disabled", "this gateway does not fetch image URLs; upload the image instead")
+    return await fetcher.fetch(url)
 
 
 def _decoding_settings(captioner, options: MemeOptions, settings: Settings) -> SearchSettings | SamplingSettings:
@@ -173,6 +222,7 @@ _REQUEST_BODY = {
                 "type": "object",
                 "properties": {
                     "image": {"type": "string", "format": "binary"},
+                    "image_url": {"type": "string", "maxLength": 2048},
                     "template_id": {"type": "string"},
                     **MemeOptions.model_json_schema()["properties"],
                 },
@@ -188,40 +238,53 @@ _REQUEST_BODY = {
     "/v1/memes",
     response_model=MemeResponse,
     openapi_extra={"requestBody": _REQUEST_BODY},
-    responses={200: {"content": {media: {} for media in MEDIA_TYPES.values()}}},
+    responses={200: {"content": {media: {} for media in MEDIA_TYPES.values()}}, **_MEME_ERRORS},
+    dependencies=[ApiKeyRequired],
 )
 async def create_meme(request: Request, settings: SettingsDep, session: SessionDep) -> Response:
     """Caption an uploaded image or a known template. Answers the rendered meme, or with
     `Accept: application/json` the captions, their scores, the model, how many model calls it took
     and a permalink."""
+    deadline = time.monotonic() + settings.request_timeout_seconds
     data, options = await _read_request(request, settings.max_upload_bytes)
     layout = None
-    if data is None:
+    if options.image_url is not None:
+        data = await _fetch_image(request, options.image_url)
+    elif data is None:
         template = _template(request, options.template_id)
-        data, layout = template.image_path.read_bytes(), list(template.layout) or None
-    image = open_upload(data)
-    if options.text is not None:
-        return await _respond(request, image, layout, _user_text(options.text, layout), options, None)
-    result = await _generate(request, settings, session, image, options)
-    return await _respond(request, image, layout, result, options, session.backend.name)
+        data, layout = await run_in_threadpool(template.image_path.read_bytes), list(template.layout) or None
+    async with request.app.state.admission.slot(deadline):
+        image = await run_in_threadpool(open_upload, data, settings.max_image_pixels)
+        if options.text is not None:
+            return await _respond(request, image, layout, _user_text(options.text, layout), options, None)
+        result = await _generate(request, settings, session, image, options, deadline)
+        return await _respond(request, image, layout, result, options, session.backend.name)
 
 
 @router.post(
     "/v1/templates/{template_id}/memes",
     response_model=MemeResponse,
-    responses={200: {"content": {media: {} for media in MEDIA_TYPES.values()}}},
+    responses={200: {"content": {media: {} for media in MEDIA_TYPES.values()}}, **_MEME_ERRORS},
+    dependencies=[ApiKeyRequired],
 )
 async def create_template_meme(
-    template_id: str, body: TemplateMemeRequest, request: Request, settings: SettingsDep, session: SessionDep
+    template_id: Annotated[str, PathParam(examples=["drake"])],
+    body: TemplateMemeRequest,
+    request: Request,
+    settings: SettingsDep,
+    session: SessionDep,
 ) -> Response:
     """A meme from a known template, with your own text (as memegen does) or the model's."""
+    deadline = time.monotonic() + settings.request_timeout_seconds
     template = _template(request, template_id)
-    image = open_upload(template.image_path.read_bytes())
     layout = list(template.layout) or None
-    if body.text is not None:
-        return await _respond(request, image, layout, _user_text(body.text, layout), body, None)
-    result = await _generate(request, settings, session, image, body)
-    return await _respond(request, image, layout, result, body, session.backend.name)
+    async with request.app.state.admission.slot(deadline):
+        data = await run_in_threadpool(template.image_path.read_bytes)
+        image = await run_in_threadpool(open_upload, data, settings.max_image_pixels)
+        if body.text is not None:
+            return await _respond(request, image, layout, _user_text(body.text, layout), body, None)
+        result = await _generate(request, settings, session, image, body, deadline)
+        return await _respond(request, image, layout, result, body, session.backend.name)
 
 
 @router.get(
@@ -253,7 +316,7 @@ def _template(request: Request, template_id: str | None) -> Template:
 
 
 async def _generate(
-    request: Request, settings: Settings, session: ModelSession, image, options: MemeOptions
+    request: Request, settings: Settings, session: ModelSession, image, options: MemeOptions, deadline: float
 ) -> CaptionResult:
     metrics = request.app.state.metrics
     content_filter = request.app.state.content_filter
@@ -264,7 +327,7 @@ async def _generate(
             prefix=options.prefix,
             context_noise=options.noise,
             seed=options.seed,
-            timeout_seconds=settings.request_timeout_seconds,
+            timeout_seconds=max(deadline - time.monotonic(), 1e-3),  # time queued for admission counts
             cancel=cancel,
         )
         result = await _until_done_or_disconnected(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
+from gateway.search import Hypothesis, SearchSettings
 from memefly.contract import ModelContract
 
 
@@ -60,3 +61,12 @@ class ModelBackend(Protocol):
     ) -> DecodeStepResult: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class GenerateBackend(Protocol):
+    """A backend that answers a whole beam search in one model call (the model's `generate` signature)."""
+
+    def generate(self, image_jpeg: bytes, settings: SearchSettings, prefix: str = "") -> list[Hypothesis]:
+        """The n best captions of one image, best first; `prefix` is tokenized by the model."""
+        ...

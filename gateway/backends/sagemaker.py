@@ -11,11 +11,16 @@ cannot be used here: it takes no inputs, and TF Serving's REST API refuses every
 TF Serving answers POST only for `:predict`, `:classify` and `:regress`, so `tfs-method=metadata`
 is "Malformed request". Its `GET .../metadata` route is out of reach, and it returns signature
 definitions, not the vocabulary. `metadata_rest` returns the same outputs as `metadata` and takes
-one ignored scalar, so REST can call it. The export does not write it yet; see infra/README.md.
+one ignored scalar, so REST can call it; the export writes it beside `metadata`.
 
 TF Serving's REST answers do not carry the model version. Set `model_version` to pin it (the deploy
 does), so that `encode` and `decode_step` always reach the version whose vocabulary was read.
 Without a pin, the reported version is 0 ("whatever the endpoint serves").
+
+Each InvokeEndpoint is a network round trip to another AWS service, so `SageMakerGenerateBackend` (the
+default, `MEMEFLY_SAGEMAKER_MODE=generate`) answers a beam-search request in one call of the model's
+`generate` signature, which runs the search in-graph. `SageMakerBackend` alone is the step loop:
+`encode`, then one `decode_step` call per step; sampling requests take it in both modes.
 """
 
 from __future__ import annotations
@@ -30,7 +35,16 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from gateway.backends.base import DecodeStepResult, ModelInfo, ModelUnavailableError
-from memefly.contract import DECODE_STEP, ENCODE, METADATA_REST, METADATA_REST_SIGNATURE, TOKENIZE, ModelContract
+from gateway.search import Hypothesis, SearchSettings
+from memefly.contract import (
+    DECODE_STEP,
+    ENCODE,
+    GENERATE,
+    METADATA_REST,
+    METADATA_REST_SIGNATURE,
+    TOKENIZE,
+    ModelContract,
+)
 
 """The proposed REST-callable twin of `metadata`: input `unused` int32 [], outputs as `metadata`."""
 METADATA_REST_INPUT = METADATA_REST_SIGNATURE.inputs[0].name
@@ -172,6 +186,37 @@ class SageMakerBackend:
             return ModelUnavailableError(f"endpoint {self.endpoint_name}: {signature}: HTTP {status}: {message}")
         message = details.get("Error", {}).get("Message", str(error))
         return ModelUnavailableError(f"endpoint {self.endpoint_name}: {code or 'error'}: {message}")
+
+
+class SageMakerGenerateBackend(SageMakerBackend):
+    """One InvokeEndpoint per beam-search request: the model's `generate` signature runs the whole search."""
+
+    def generate(self, image_jpeg: bytes, settings: SearchSettings, prefix: str = "") -> list[Hypothesis]:
+        """The n best captions of one image, best first, by the gateway's search rules, in one call."""
+        inputs = {
+            "image_bytes": [{"b64": base64.b64encode(image_jpeg).decode("ascii")}],
+            "prefix": [prefix if prefix.strip() else ""],
+            "beam_width": settings.beam_width,
+            "n_best": settings.n_best,
+            "max_length": settings.max_length,
+            "length_penalty": settings.length_penalty,
+            "no_repeat_ngram_size": settings.no_repeat_ngram_size,
+        }
+        try:
+            outputs = self._predict(GENERATE, inputs)
+        except ModelRejectedInput as error:
+            if _SIGNATURE_MISSING not in error.message:
+                raise
+            raise ModelUnavailableError(
+                f"endpoint {self.endpoint_name}: the model has no `{GENERATE}` signature. Re-export it, or set "
+                f"MEMEFLY_SAGEMAKER_MODE=step_loop ({error.message})"
+            ) from error
+        ids, lengths = outputs["ids"][0], outputs["lengths"][0]
+        return [
+            Hypothesis(tuple(ids[i][:length]), float(outputs["log_probs"][0][i]), float(outputs["scores"][0][i]))
+            for i, length in enumerate(lengths)
+            if length > 0
+        ]
 
 
 def _named(outputs: Any, name: str) -> Any:

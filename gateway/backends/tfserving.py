@@ -19,8 +19,10 @@ from gateway.tensors import array_to_proto, proto_to_array, strings_to_proto
 from memefly.contract import DECODE_STEP, ENCODE, METADATA, TOKENIZE, ModelContract
 
 # Predict is idempotent, so a call that found the server unavailable is retried by grpc itself,
-# bounded and with backoff; every other failure reaches the caller at once.
+# bounded and with jittered backoff; every other failure reaches the caller at once. The throttle
+# stops retrying while most calls fail (the tier is down), so an outage is not tripled in load.
 _SERVICE_CONFIG = {
+    "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
     "methodConfig": [
         {
             "name": [
@@ -35,7 +37,7 @@ _SERVICE_CONFIG = {
                 "retryableStatusCodes": ["UNAVAILABLE"],
             },
         }
-    ]
+    ],
 }
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -55,6 +57,10 @@ class TfServingBackend:
                 ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
                 ("grpc.enable_retries", 1),
                 ("grpc.service_config", json.dumps(_SERVICE_CONFIG)),
+                # grpc's default reconnect backoff grows to 120 s: a restarted tier would wait that long.
+                ("grpc.initial_reconnect_backoff_ms", 250),
+                ("grpc.min_reconnect_backoff_ms", 250),
+                ("grpc.max_reconnect_backoff_ms", 2000),
             ],
         )
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
