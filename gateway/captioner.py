@@ -151,6 +151,7 @@ class ModelSession:
         self._leases: dict[int, int] = {}  # id(captioner) -> requests running on it
         self._retired: list[Captioner] = []
         self._checked_at = 0.0
+        self._checking = False
         self._lock = threading.Lock()
 
     @property
@@ -164,10 +165,20 @@ class ModelSession:
             now = time.monotonic()
             if self._captioner is None:
                 self._switch()
-            elif now - self._checked_at >= self.version_check_seconds:
-                self._checked_at = now
-                if self.backend.available_version() != self._captioner.info.version:
-                    self._switch()
+                return self._captioner
+            current = self._captioner
+            if self._checking or now - self._checked_at < self.version_check_seconds:
+                return current
+            # One request asks; the others go on with the current version instead of queueing behind it.
+            self._checking, self._checked_at = True, now
+        try:
+            latest = self.backend.available_version()
+        finally:
+            with self._lock:
+                self._checking = False
+        with self._lock:
+            if latest != current.info.version and self._captioner is current:
+                self._switch()
             return self._captioner
 
     def caption(
