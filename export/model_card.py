@@ -25,12 +25,9 @@ def _fmt(value: object) -> str:
 
 
 def _kept(run: int, planned: int | None, best_epoch: int) -> str:
-    # Keras' EarlyStopping restores the best weights only when it stops the run early.
-    if planned is not None and run < planned:
-        return "early stopping ended the run and restored that epoch's weights."
-    if best_epoch == run - 1:
-        return "the last epoch's weights, which are the best, are kept."
-    return f"the run went to the end, so the last epoch's weights (epoch {run}) are kept."
+    ended = "early stopping ended the run" if planned is not None and run < planned else "the run went to the end"
+    # Keras 3's EarlyStopping(restore_best_weights=True) restores the best epoch at the end of every run.
+    return f"{ended}, and the weights of epoch {best_epoch + 1} were restored and bundled."
 
 
 def model_card(bundle_dir: Path) -> str:

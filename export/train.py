@@ -226,7 +226,14 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data_folder: Pat
         validation_data=dataset(validation_captions, None),
         epochs=train_config.epochs,
         callbacks=[
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=train_config.patience, restore_best_weights=True)
+            # Saved every epoch and removed when fit ends: an interrupted run resumes where it stopped.
+            keras.callbacks.BackupAndRestore(str(work_dir / "backup")),
+            keras.callbacks.ModelCheckpoint(
+                str(work_dir / "best.weights.h5"), monitor="val_loss", save_best_only=True, save_weights_only=True
+            ),
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=train_config.patience, restore_best_weights=True
+            ),
         ],
         verbose=train_config.verbose,
     )

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from memefly.paths import DEFAULT_BUNDLE_DIR, DEFAULT_MODEL_BASE_PATH
+from memefly.paths import DEFAULT_BUNDLE_DIR, DEFAULT_MODEL_BASE_PATH, REPO_ROOT
 
 app = typer.Typer(help="memefly: photo in, meme out.", no_args_is_help=True)
 
@@ -45,10 +45,12 @@ def train(
     bundle_dir: Annotated[Path, typer.Option(help="where the trained bundle is written")] = DEFAULT_BUNDLE_DIR,
     data_dir: DataDirOption = None,
     epochs: Annotated[int | None, typer.Option(help="override the preset's epoch count")] = None,
+    work_dir: Annotated[
+        Path | None,
+        typer.Option(help="checkpoints; a run stopped midway resumes from its last epoch [default: var/train/PRESET]"),
+    ] = None,
 ) -> None:
     """Train the caption decoder and write a bundle (weights, vocabulary, config, curves)."""
-    import tempfile
-
     from export.bundle import save_bundle
     from export.data import data_dir as resolve_data_dir
     from export.train import PRESETS
@@ -59,9 +61,9 @@ def train(
         from dataclasses import replace
 
         train_config = replace(train_config, epochs=epochs)
-    with tempfile.TemporaryDirectory(prefix="memefly-train-") as work_dir:
-        result = run_training(model_config, train_config, resolve_data_dir(data_dir), Path(work_dir))
-        save_bundle(result, bundle_dir)
+    work_dir = work_dir or REPO_ROOT / "var" / "train" / preset
+    result = run_training(model_config, train_config, resolve_data_dir(data_dir), work_dir)
+    save_bundle(result, bundle_dir)
     typer.echo(f"bundle written to {bundle_dir}; validation perplexity {result.history['val_perplexity']}")
 
 
