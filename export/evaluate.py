@@ -26,7 +26,7 @@ from export.tokenizer import caption_text
 from export.train import training_split
 from gateway.backends.embedded import EmbeddedBackend
 from gateway.captioner import ModelSession
-from gateway.search import SamplingSettings
+from gateway.search import SamplingSettings, SearchSettings
 from memefly.contract import ENCODE, SCORE, TOKENIZE
 
 
@@ -38,6 +38,7 @@ class EvaluationSettings:
     seed: int = 2024
     max_validation_captions: int = 5000
     batch_size: int = 256
+    sweep_temperatures: tuple[float, ...] = (0.7, 0.5)
     retrieval_min_captions: int = 1000
     """Template retrieval is scored over templates with at least this many captions."""
 
@@ -127,9 +128,37 @@ def evaluate(bundle_dir: Path, data_folder: Path, settings: EvaluationSettings |
             copies += sum(ids in seen for ids in sampled_ids)
             total += len(sampled_ids)
 
+        # How specificity trades against variety as decoding gets greedier (same images, same seeds).
+        decodings = {
+            f"sampling T={t}": lambda i, t=t: SamplingSettings(
+                **{**sampling.__dict__, "temperature": t, "seed": settings.seed + i}
+            )
+            for t in settings.sweep_temperatures
+        }
+        decodings["beam search, n-best"] = lambda i: SearchSettings(
+            beam_width=settings.samples_per_template, n_best=settings.samples_per_template
+        )
+        by_decoding = {}
+        for name, make in decodings.items():
+            texts: dict[str, list[str]] = {}
+            variety = []
+            for index, template in enumerate(templates):
+                result = captioner.caption(image_bytes[template.id], make(index))
+                words = [caption.text.replace(" / ", " ").split() for caption in result.captions]
+                texts[template.id] = [" ".join(w) for w in words]
+                variety.append(distinct_n(words, 2))
+            accuracy, _ = template_retrieval(train_captions, texts, settings.retrieval_min_captions)
+            by_decoding[name] = {"template_retrieval_top1": accuracy, "distinct_2": float(np.mean(variety))}
+
         session.close()
 
     retrieval, retrieval_queries = template_retrieval(train_captions, generated, settings.retrieval_min_captions)
+    # The same measure on held-out human captions: how template-specific real captions are.
+    held_out: dict[str, list[str]] = defaultdict(list)
+    for caption in validation_captions:
+        if len(held_out[caption.template]) < settings.samples_per_template:
+            held_out[caption.template].append(" ".join(caption.boxes))
+    human_retrieval, _ = template_retrieval(train_captions, held_out, settings.retrieval_min_captions)
     return {
         "model": model_config.model_name,
         "decoder": model_config.decoder,
@@ -141,11 +170,14 @@ def evaluate(bundle_dir: Path, data_folder: Path, settings: EvaluationSettings |
         "perplexity_ratio": ppl_image / ppl_blank,
         "templates_sampled": len(templates),
         "samples_per_template": settings.samples_per_template,
+        "sampling_temperature": settings.temperature,
         "distinct_1": float(np.mean(distinct1)),
         "distinct_2": float(np.mean(distinct2)),
         "verbatim_copy_share": copies / max(total, 1),
         "template_retrieval_top1": retrieval,
         "template_retrieval_captions": retrieval_queries,
+        "template_retrieval_top1_human_captions": human_retrieval,
+        "by_decoding": by_decoding,
         "examples": {t: generated[t][:3] for t in list(generated)[:12]},
     }
 
@@ -189,10 +221,25 @@ def write_reports(report: dict, out_dir: Path) -> None:
             lines.append(f"| {key} | {value:.3f} | {'' if target is None else f'{target[0]} {target[1]}'} | {met} |")
         elif isinstance(value, int):
             lines.append(f"| {key} | {value} | | |")
+    lines += decoding_table(report)
     lines += ["", "## Sampled captions", ""]
     for template, captions in report["examples"].items():
         lines.append(f"- `{template}`: " + "; ".join(f"“{c}”" for c in captions))
     (out_dir / "EVALUATION.md").write_text("\n".join(lines) + "\n")
+
+
+def decoding_table(report: dict) -> list[str]:
+    """Template retrieval against caption variety for greedier decodings than the report's own sampling."""
+    rows = report.get("by_decoding", {})
+    if not rows:
+        return []
+    lines = ["", "| decoding | template_retrieval_top1 | distinct_2 |", "| --- | --- | --- |"]
+    lines.append(
+        f"| sampling T={report['sampling_temperature']} (above) | {report['template_retrieval_top1']:.3f} "
+        f"| {report['distinct_2']:.3f} |"
+    )
+    lines += [f"| {n} | {r['template_retrieval_top1']:.3f} | {r['distinct_2']:.3f} |" for n, r in rows.items()]
+    return lines
 
 
 def _meets(value: float, relation: str, bound: float) -> bool:

@@ -9,7 +9,7 @@ import json
 import math
 from pathlib import Path
 
-from export.evaluate import TARGETS, _meets
+from export.evaluate import TARGETS, _meets, decoding_table
 
 CARD = "MODEL_CARD.md"
 
@@ -104,6 +104,11 @@ def model_card(bundle_dir: Path) -> str:
             "training captions, is the template they were generated for.",
             "- `distinct_2`: distinct word bigrams over all bigrams of a template's samples.",
             "- `verbatim_copy_share`: samples that equal a training caption token for token.",
+            "- `template_retrieval_top1_human_captions`: the same retrieval for held-out human captions (as many a "
+            "template as samples): how template-specific real captions are.",
+            "",
+            "Greedier decoding makes captions more template-specific and less varied (same images, same seeds):",
+            *decoding_table(report),
             "",
             "## Sample captions (sampling, temperature 1, top-p 0.9; unfiltered)",
             "",

@@ -72,6 +72,11 @@ def test_evaluation_report_has_every_metric(tiny_training, tmp_path: Path, data_
     assert 0 <= report["verbatim_copy_share"] <= 1
     assert 0 <= report["template_retrieval_top1"] <= 1 and report["template_retrieval_captions"] > 0
     assert report["templates_sampled"] == 8
+    assert 0 <= report["template_retrieval_top1_human_captions"] <= 1
+    assert set(report["by_decoding"]) == {"sampling T=0.7", "sampling T=0.5", "beam search, n-best"}
+    assert all(
+        0 <= r["template_retrieval_top1"] <= 1 and 0 < r["distinct_2"] <= 1 for r in report["by_decoding"].values()
+    )
     write_reports(report, tmp_path / "report")
     assert "| perplexity_ratio |" in (tmp_path / "report" / "EVALUATION.md").read_text()
 
