@@ -333,28 +333,34 @@ class GruDecoder(keras.Model):
 
     @property
     def context_shape(self) -> tuple[int, ...]:
-        """The context `encode` returns: the pooled features themselves."""
-        return (int(self.context_projection.kernel.shape[0]),)
+        """The context `encode` returns: the image embedding, already projected to `embed_dim`."""
+        return (int(self.context_projection.units),)
 
     def call(self, inputs: tuple[tf.Tensor, tf.Tensor], training: bool = False) -> tf.Tensor:
-        """Teacher forcing: (tokens [B, T], context [B, C]) → logits [B, T, V]."""
-        tokens, context = inputs
-        context = self.context_projection(self.context_noise(context, training=training))
+        """Teacher forcing on image features: (tokens [B, T], features [B, F]) → logits [B, T, V]."""
+        tokens, features = inputs
+        return self._teacher_forced(
+            tokens, self.context_projection(self.context_noise(features, training=training)), training
+        )
+
+    def _teacher_forced(self, tokens: tf.Tensor, context: tf.Tensor, training: bool) -> tf.Tensor:
         words = self.embedding(tokens)
         context = tf.repeat(context[:, None, :], tf.shape(words)[1], axis=1)
         sequence = self.gru(tf.concat([words, context], axis=-1), training=training)
         return self.logits(self.dropout(sequence, training=training))
 
     def encode_context(self, features: tf.Tensor) -> tf.Tensor:
-        return features
+        # Projected once here rather than in every decode step: the context then crosses the wire at
+        # `embed_dim` floats (128) instead of the backbone's 1280, on every `decode_step` call.
+        return self.context_projection(features)
 
     def decode(self, tokens: tf.Tensor, context: tf.Tensor) -> tf.Tensor:
         """Teacher forcing on an encoded context: (tokens [B, T], context [B, C]) → logits [B, T, V]."""
-        return self((tokens, context), training=False)
+        return self._teacher_forced(tokens, context, training=False)
 
     def step(self, tokens: tf.Tensor, state: tf.Tensor, context: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """One token for each row: (tokens [N], state [N, S], context [N, C]) → (logits [N, V], state)."""
-        inputs = tf.concat([self.embedding(tokens), self.context_projection(context)], axis=-1)
+        inputs = tf.concat([self.embedding(tokens), context], axis=-1)
         output, _ = self.gru.cell(inputs, [state], training=False)
         return self.logits(output), output
 

@@ -41,7 +41,9 @@ def test_bundle_holds_only_small_files_and_assembles_to_the_same_model(
     assert original[METADATA]()["contract"].numpy() == rebuilt[METADATA]()["contract"].numpy()
     np.testing.assert_array_equal(original[METADATA]()["vocabulary"], rebuilt[METADATA]()["vocabulary"])
     context = original[ENCODE](image_bytes=tf.constant([chelsea_jpeg]))["context"]
-    np.testing.assert_allclose(context, rebuilt[ENCODE](image_bytes=tf.constant([chelsea_jpeg]))["context"], rtol=1e-5)
+    # The context is projected by decoder weights, which the bundle holds in float16.
+    rebuilt_context = rebuilt[ENCODE](image_bytes=tf.constant([chelsea_jpeg]))["context"]
+    np.testing.assert_allclose(context, rebuilt_context, atol=0.01)
     inputs = {
         "tokens": tf.constant([1, 5]),
         "state": tf.zeros([2, tiny_training.contract.state_size]),
