@@ -35,8 +35,9 @@ venv: $(STAMP)
 # Builds the model only when no version exists yet: assembled from the committed bundle in model/
 # when there is one (seconds), else trained from the slice preset (minutes).
 model: $(STAMP)
-	@if ls $(MODEL_DIR)/*/saved_model.pb >/dev/null 2>&1; then \
-		echo "model present: $$(ls -d $(MODEL_DIR)/*/ | tail -n 1)"; \
+	@latest=$$(ls $(MODEL_DIR) 2>/dev/null | grep -E '^[0-9]+$$' | sort -n | tail -n 1); \
+	if [ -n "$$latest" ] && [ -z "$$(find $(BUNDLE) export -newer $(MODEL_DIR)/$$latest/saved_model.pb -type f \( -path '$(BUNDLE)/*' -o -name '*.py' \) 2>/dev/null | head -n 1)" ]; then \
+		echo "model present: $(MODEL_DIR)/$$latest (newer than $(BUNDLE)/ and export/)"; \
 	elif [ -f $(BUNDLE)/config.json ]; then \
 		$(BIN)/memefly build-model --bundle $(BUNDLE) --model-base-path $(MODEL_BASE_PATH); \
 	else \
