@@ -259,7 +259,8 @@ class Sampling(_Decoding):
         if stuck.any():
             # No allowed continuation: such a sample ends where it is (or is dropped when empty).
             for row in np.flatnonzero(stuck & (self.sequences.shape[1] > 0)):
-                self._finish(self.sequences[row], float(self.log_probs[row]), self.steps)
+                if self.sequences[row, -1] != self.sep_id:  # ending on `<sep>` would leave an empty box
+                    self._finish(self.sequences[row], float(self.log_probs[row]), self.steps)
             logits[stuck] = 0.0
         probs = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs /= probs.sum(axis=1, keepdims=True)

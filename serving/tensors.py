@@ -42,6 +42,16 @@ _PROTO_FIELDS: dict[int, tuple[str, type | None]] = {
 }
 
 
+# TensorProto's fixed-width repeated fields: (field number, little-endian element type).
+_PACKED_FIXED_WIDTH: dict[str, tuple[int, str]] = {
+    "float_val": (5, "<f4"),
+    "double_val": (6, "<f8"),
+    "scomplex_val": (9, "<f4"),
+    "dcomplex_val": (12, "<f8"),
+}
+_LENGTH_DELIMITED = 2
+
+
 def to_tensor_proto(array: np.ndarray, as_content: bool = False) -> tensor_pb2.TensorProto:
     """Serialises like TF Serving: typed ``*_val`` fields unless ``as_content`` (its
     ``--enable_serialization_as_tensor_content``); make_tensor_proto alone would use tensor_content."""
@@ -53,5 +63,21 @@ def to_tensor_proto(array: np.ndarray, as_content: bool = False) -> tensor_pb2.T
     if view_as is not None:
         values = values.view(view_as)  # half_val holds bit patterns; complex fields interleave re, im
     proto.ClearField("tensor_content")
-    getattr(proto, field).extend(values.tolist())
+    if field in _PACKED_FIXED_WIDTH:
+        # A packed fixed-width field's wire bytes are the little-endian values themselves: parsing them
+        # gives the same message as extending from a list, without a Python float per value.
+        number, wire_dtype = _PACKED_FIXED_WIDTH[field]
+        payload = values.astype(wire_dtype, copy=False).tobytes()
+        proto.MergeFromString(_varint(number << 3 | _LENGTH_DELIMITED) + _varint(len(payload)) + payload)
+    else:
+        getattr(proto, field).extend(values.tolist())
     return proto
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

@@ -75,7 +75,7 @@ def assert_obeys_caption_rules(ids: tuple[int, ...], prefix: tuple[int, ...], ng
             assert gram not in earlier, f"{gram} repeated in {ids}"
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=400, deadline=None, derandomize=True)
 @given(model=models, search_settings=beam_settings, data=st.data())
 def test_beam_search_returns_distinct_captions_sorted_by_a_score_that_matches_the_model(
     model: tuple[int, int, float], search_settings: SearchSettings, data: st.DataObject
@@ -98,24 +98,6 @@ def test_beam_search_returns_distinct_captions_sorted_by_a_score_that_matches_th
         assert np.isclose(h.score, log_prob / (len(h.ids) + ended) ** search_settings.length_penalty, atol=1e-6)
 
 
-@settings(max_examples=150, deadline=None)
-@given(model=models, width=st.integers(1, 6), max_length=st.integers(1, 10), data=st.data())
-def test_a_wider_beam_never_finds_a_worse_best_caption_than_greedy_search(
-    model: tuple[int, int, float], width: int, max_length: int, data: st.DataObject
-) -> None:
-    """With no length penalty and no n-gram rule, beam search's best log-probability is at least greedy's."""
-    table = bigram_table(*model)
-
-    def best(beam_width: int) -> float:
-        search_settings = SearchSettings(
-            beam_width=beam_width, n_best=1, max_length=max_length, length_penalty=0.0, no_repeat_ngram_size=0
-        )
-        results = run(BeamSearch(search_settings, START, END, SEP, 2, unk_id=UNK, pad_id=PAD), table)
-        return results[0].log_prob if results else -np.inf
-
-    assert best(width) >= best(1) - 1e-9
-
-
 sampling_settings = st.builds(
     lambda n, temperature, top_p, k, max_length, seed: SamplingSettings(
         n=n, temperature=temperature, top_p=top_p, k=k, max_length=max_length, seed=seed
@@ -129,7 +111,7 @@ sampling_settings = st.builds(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=400, deadline=None, derandomize=True)
 @given(model=models, sampling=sampling_settings, data=st.data())
 def test_sampling_with_a_seed_is_reproducible_and_obeys_the_caption_rules(
     model: tuple[int, int, float], sampling: SamplingSettings, data: st.DataObject

@@ -1,0 +1,78 @@
+"""`python -m bench`: run the benchmark, print the table, write report.json, report.md and report.png."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from memefly.paths import DEFAULT_DATA_DIR, DEFAULT_MODEL_BASE_PATH, DEFAULT_MODEL_NAME
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+QUICK_CONCURRENCIES = (1, 4)
+FULL_CONCURRENCIES = (1, 4, 16, 64)
+
+
+@app.command()
+def main(
+    quick: Annotated[bool, typer.Option(help="a short smoke run: few memes per row, no warm-up rounds")] = False,
+    out: Annotated[Path, typer.Option(help="where report.json, report.md and report.png go")] = Path("var/bench"),
+    model_base_path: Annotated[
+        Path, typer.Option(envvar="MEMEFLY_MODEL_BASE_PATH", help="holds <model_name>/<version>/")
+    ] = DEFAULT_MODEL_BASE_PATH,
+    model_name: Annotated[str, typer.Option(envvar="MEMEFLY_MODEL_NAME")] = DEFAULT_MODEL_NAME,
+    data_dir: Annotated[
+        Path, typer.Option(envvar="MEMEFLY_DATA_DIR", help="meme data set, for the template images")
+    ] = DEFAULT_DATA_DIR,
+    mode: Annotated[list[int] | None, typer.Option(help="run only these modes (repeatable); default 1-6")] = None,
+    concurrency: Annotated[
+        list[int] | None, typer.Option(help="concurrent clients (repeatable); default 1 4 16 64, quick: 1 4")
+    ] = None,
+    rounds: Annotated[int | None, typer.Option(min=1, help="memes per row = rounds × concurrency (default 3)")] = None,
+    min_memes: Annotated[int | None, typer.Option(min=1, help="at least this many memes per row")] = None,
+    offline_batch: Annotated[
+        list[int] | None, typer.Option(help="mode 6 batch sizes (repeatable); default 16 64 256, quick: 8")
+    ] = None,
+    serving_target: Annotated[
+        str | None, typer.Option(help="use this running serving tier (host:port) instead of starting one")
+    ] = None,
+    paired_rounds: Annotated[
+        int | None,
+        typer.Option(min=0, help="interleaved rounds the targets use; 0: use the table (default 3, quick 1)"),
+    ] = None,
+    profile: Annotated[bool, typer.Option(help="also profile mode 3 with py-spy (client and serving tier)")] = False,
+) -> None:
+    from bench.runner import BenchOptions, machine_line, run
+
+    options = BenchOptions(
+        model_base_path=model_base_path,
+        out_dir=out,
+        model_name=model_name,
+        data_dir=data_dir,
+        modes=tuple(mode or (1, 2, 3, 4, 5, 6)),
+        concurrencies=tuple(concurrency or (QUICK_CONCURRENCIES if quick else FULL_CONCURRENCIES)),
+        rounds=rounds or (1 if quick else 3),
+        min_memes=min_memes or (2 if quick else 16),
+        offline_batches=tuple(offline_batch or ((8,) if quick else (16, 64, 256))),
+        offline_repeats=1 if quick else 2,
+        paired_rounds=paired_rounds if paired_rounds is not None else (1 if quick else 3),
+        serving_target=serving_target,
+        profile=profile,
+        quick=quick,
+    )
+    result = run(options)
+
+    from bench import report
+
+    typer.echo("")
+    typer.echo(f"Machine: {machine_line(result)}.")
+    typer.echo(report.markdown_table(result["rows"]))
+    typer.echo("")
+    typer.echo(report.targets_table(result["targets"]))
+    typer.echo(f"\nwritten: {out / 'report.json'}, {out / 'report.md'}, {out / 'report.png'}")
+
+
+if __name__ == "__main__":
+    app()

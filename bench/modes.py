@@ -1,0 +1,340 @@
+"""The ways of making a meme that the benchmark compares, all on the same SavedModel and search settings.
+
+1. `OriginalMemeflyMode`: the original Memefly algorithm, in-process. One model call per beam per step;
+   each call re-runs the whole padded prefix through the model and returns the full softmax.
+2. `FullVocabularyStepMode`: the gateway's step loop (continuous batching) over gRPC, asking `decode_step`
+   for k = vocabulary size: full-vocabulary log-probabilities cross the wire every step.
+3. `StepLoopMode` on `CountingTfServingBackend`: the product path, in-graph top-k over gRPC.
+4. `StepLoopMode` on the embedded backend: the same loop in-process.
+5. `GenerateMode`: the in-graph `generate` signature, one call per meme, over gRPC.
+6. `OfflineBatchedMode`: the same model in-process, large batches, no scheduler: the machine's limit.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2
+
+from bench.wire import CallLedger, CountingTfServingBackend
+from bench.workload import SearchConfig
+from gateway.backends.base import ModelBackend, ModelInfo
+from gateway.backends.embedded import EmbeddedBackend
+from gateway.captioner import Captioner, ModelSession
+from gateway.search import BeamSearch, SearchSettings
+from gateway.tensors import array_to_proto, proto_to_array, strings_to_proto
+from memefly import contract as contract_module
+from memefly.contract import BOX_SEPARATOR_TEXT, DECODE_STEP, ENCODE
+from memefly.text import ids_to_boxes
+
+ORIGINAL_CALL = "full_prefix_softmax"
+"""The signature name mode 1's model calls are counted under."""
+OFFLINE_ENCODE_CHUNK = 32
+"""Images per `encode` call in mode 6: large enough to batch, small enough to keep activations in memory."""
+
+
+@dataclass(frozen=True)
+class MemeOutcome:
+    caption: str
+    """The best caption, boxes joined by " / " ("" if the search found none)."""
+    rpcs: int
+    """Model calls this meme took part in."""
+
+
+class Mode(Protocol):
+    number: int
+    title: str
+    transport: str
+    ledger: CallLedger
+
+    def meme(self, image: bytes) -> MemeOutcome: ...
+
+    def close(self) -> None: ...
+
+
+def search_settings(config: SearchConfig, info: ModelInfo) -> SearchSettings:
+    return SearchSettings(
+        beam_width=config.beam_width,
+        n_best=min(config.n_best, config.beam_width),
+        max_length=min(config.max_length, info.contract.max_length),
+        length_penalty=config.length_penalty,
+    )
+
+
+def _best_caption(search: BeamSearch, info: ModelInfo) -> str:
+    for hypothesis in search.results():
+        boxes = ids_to_boxes(hypothesis.ids, info.vocabulary, info.contract)
+        if boxes:
+            return " / ".join(boxes)
+    return ""
+
+
+def _new_search(
+    settings: SearchSettings, info: ModelInfo, state_size: int | None = None, kind: type[BeamSearch] = BeamSearch
+) -> BeamSearch:
+    contract = info.contract
+    return kind(
+        settings,
+        contract.start_id,
+        contract.end_id,
+        contract.sep_id,
+        contract.state_size if state_size is None else state_size,
+        contract.unk_id,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. The original Memefly algorithm
+# ------------------------------------------------------------------------------------------------
+
+
+def full_prefix_softmax_function(backend: EmbeddedBackend, info: ModelInfo) -> tf.types.experimental.GenericFunction:
+    """(padded prefix [L], its length, context [1, C]) → the full softmax [V] after the prefix's last token.
+
+    Built from the SavedModel's own `decode_step` function, so it runs the trained weights of either
+    decoder. Like a recurrent Keras model fed `pad_sequences(prefix, maxlen=L)`, it runs all L padded
+    positions on every call, keeps nothing between calls, and returns every word's probability.
+    """
+    contract = info.contract
+    step = backend.signatures[DECODE_STEP]
+    length_limit, vocab_size, state_size = contract.max_length, contract.vocab_size, contract.state_size
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([length_limit], tf.int32),
+            tf.TensorSpec([], tf.int32),
+            tf.TensorSpec([1, *contract.context_shape], tf.float32),
+        ]
+    )
+    def full_prefix_softmax(prefix: tf.Tensor, length: tf.Tensor, context: tf.Tensor) -> tf.Tensor:
+        index = tf.zeros([1], tf.int32)
+        state = tf.zeros([1, state_size])
+        before_last = state
+        for position in tf.range(length_limit):
+            before_last = tf.where(position == length - 1, state, before_last)
+            state = step(
+                tokens=prefix[position : position + 1], state=state, context=context, context_index=index, k=1
+            )["state"]
+        last = step(
+            tokens=prefix[length - 1 : length], state=before_last, context=context, context_index=index, k=vocab_size
+        )
+        # decode_step answers sorted top-k; with k = V that is every word, put back in id order.
+        ids, log_probs = last["top_ids"][0], last["top_log_probs"][0]
+        return tf.scatter_nd(ids[:, None], tf.exp(log_probs), [vocab_size])
+
+    return full_prefix_softmax
+
+
+class OriginalMemeflyMode:
+    number = 1
+    title = "original Memefly: a call per beam per step, full prefix, full softmax"
+    transport = "in-process"
+
+    def __init__(self, backend: EmbeddedBackend, info: ModelInfo, config: SearchConfig) -> None:
+        self.backend = backend
+        self.info = info
+        self.settings = search_settings(config, info)
+        self.ledger = CallLedger()
+        self._softmax = full_prefix_softmax_function(backend, info)
+        self._length_limit = info.contract.max_length
+
+    def meme(self, image: bytes) -> MemeOutcome:
+        context = self.backend.encode([image])
+        self.ledger.record(ENCODE, len(image), context.nbytes, {"image": len(image), "context": context.nbytes})
+        search = _new_search(self.settings, self.info, state_size=0)
+        start_id = self.info.contract.start_id
+        k = self.settings.k
+        calls = 1
+        context_tensor = tf.constant(context)
+        while not search.done:
+            top_log_probs = np.empty((search.num_live, k), np.float32)
+            top_ids = np.empty((search.num_live, k), np.int32)
+            for beam, sequence in enumerate(search.sequences):
+                prefix = np.zeros(self._length_limit, np.int32)
+                prefix[0] = start_id
+                prefix[1 : 1 + len(sequence)] = sequence
+                probs = self._softmax(
+                    tf.constant(prefix), tf.constant(1 + len(sequence), tf.int32), context_tensor
+                ).numpy()
+                calls += 1
+                self.ledger.record(
+                    ORIGINAL_CALL,
+                    prefix.nbytes + 4 + context.nbytes,
+                    probs.nbytes,
+                    {"tokens": prefix.nbytes + 4, "context": context.nbytes, "results": probs.nbytes},
+                    decode_beams=1,
+                )
+                # As Memefly did: the client ranks the whole vocabulary itself.
+                with np.errstate(divide="ignore"):
+                    log_probs = np.log(probs)
+                best = np.argsort(-log_probs, kind="stable")[:k]
+                top_ids[beam], top_log_probs[beam] = best, log_probs[best]
+            search.advance(top_log_probs, top_ids, np.zeros((search.num_live, 0), np.float32))
+        return MemeOutcome(_best_caption(search, self.info), calls)
+
+    def traces(self) -> int:
+        """How often the full-prefix function was traced: 1 means no retracing during the run."""
+        return self._softmax.experimental_get_tracing_count()
+
+    def close(self) -> None:
+        pass
+
+
+# ------------------------------------------------------------------------------------------------
+# 2–4. The gateway's step loop
+# ------------------------------------------------------------------------------------------------
+
+
+class _FullVocabularyBeamSearch(BeamSearch):
+    """The gateway's beam search, asking every step for the whole vocabulary instead of its top 2·width."""
+
+    vocab_size = 0
+    """Set per instance to the model's vocabulary size."""
+
+    @property
+    def k(self) -> int:
+        return self.vocab_size
+
+
+class StepLoopMode:
+    """The product path: `ModelSession.caption`, as the API route calls it (continuous batching)."""
+
+    def __init__(
+        self, number: int, title: str, transport: str, backend: ModelBackend, ledger: CallLedger, config: SearchConfig
+    ) -> None:
+        self.number = number
+        self.title = title
+        self.transport = transport
+        self.ledger = ledger
+        self.config = config
+        self.session = ModelSession(backend)
+        self.info = self.session.captioner().info
+        self.settings = search_settings(config, self.info)
+
+    def _settings_for(self, captioner: Captioner) -> SearchSettings:
+        return search_settings(self.config, captioner.info)
+
+    def meme(self, image: bytes) -> MemeOutcome:
+        result = self.session.caption(image, self._settings_for)
+        return MemeOutcome(result.captions[0].text if result.captions else "", result.rpcs)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class FullVocabularyStepMode(StepLoopMode):
+    """Mode 2: the same scheduler and search, but `decode_step` returns all V log-probabilities."""
+
+    def meme(self, image: bytes) -> MemeOutcome:
+        scheduler = self.session.scheduler
+        deadline = time.monotonic() + 600
+        context = scheduler.encode(image, deadline)
+        search = _new_search(self.settings, self.info, kind=_FullVocabularyBeamSearch)
+        search.vocab_size = self.info.contract.vocab_size
+        calls = 1 + scheduler.decode(search, context, deadline)
+        return MemeOutcome(_best_caption(search, self.info), calls)
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. The in-graph `generate` signature
+# ------------------------------------------------------------------------------------------------
+
+
+def generate_unavailable_reason(model_signatures: set[str]) -> str | None:
+    """None when mode 5 can run; else why not."""
+    name = getattr(contract_module, "GENERATE", None)
+    if name is None:
+        return "not available: memefly/contract.py defines no GENERATE signature yet"
+    if name not in model_signatures:
+        return f"not available: the exported model has no `{name}` signature"
+    return None
+
+
+class GenerateMode:
+    """Mode 5: one `generate` Predict call per meme; the whole beam search runs in the serving tier."""
+
+    number = 5
+    title = "in-graph generate, one call per meme"
+    transport = "gRPC"
+
+    def __init__(self, backend: CountingTfServingBackend, info: ModelInfo, config: SearchConfig) -> None:
+        self.backend = backend
+        self.ledger = backend.ledger
+        self.info = info
+        self.settings = search_settings(config, info)
+
+    def meme(self, image: bytes) -> MemeOutcome:
+        settings = self.settings
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = self.backend.model_name
+        request.model_spec.signature_name = contract_module.GENERATE
+        request.model_spec.version.value = self.info.version
+        inputs = {
+            "image_bytes": strings_to_proto([image]),
+            "prefix": strings_to_proto([b""]),
+            "beam_width": array_to_proto(np.int32(settings.beam_width)),
+            "n_best": array_to_proto(np.int32(settings.n_best)),
+            "max_length": array_to_proto(np.int32(settings.max_length)),
+            "length_penalty": array_to_proto(np.float32(settings.length_penalty)),
+            "no_repeat_ngram_size": array_to_proto(np.int32(settings.no_repeat_ngram_size)),
+        }
+        for name, proto in inputs.items():
+            request.inputs[name].CopyFrom(proto)
+        response = self.backend.predict_stub.Predict(request, timeout=self.backend.timeout_seconds)
+        texts = proto_to_array(response.outputs["text"])
+        best = texts[0][0].decode("utf-8") if texts.size else ""
+        return MemeOutcome(" / ".join(box for box in best.split(BOX_SEPARATOR_TEXT) if box), 1)
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. Offline batched throughput
+# ------------------------------------------------------------------------------------------------
+
+
+class OfflineBatchedMode:
+    """All memes of a batch at once, in one thread: batched `encode`, then one `decode_step` per step
+    carrying every live beam of every meme. No scheduler, no hand-offs, no deadlines."""
+
+    number = 6
+    title = "offline batched, in-process (machine limit)"
+    transport = "in-process"
+
+    def __init__(self, backend: ModelBackend, info: ModelInfo, ledger: CallLedger, config: SearchConfig) -> None:
+        self.backend = backend
+        self.info = info
+        self.ledger = ledger
+        self.settings = search_settings(config, info)
+
+    def batch(self, images: list[bytes]) -> list[MemeOutcome]:
+        contexts = np.concatenate(
+            [
+                self.backend.encode(images[start : start + OFFLINE_ENCODE_CHUNK])
+                for start in range(0, len(images), OFFLINE_ENCODE_CHUNK)
+            ]
+        )
+        searches = [_new_search(self.settings, self.info) for _ in images]
+        calls = [1] * len(images)  # each meme's own encode call
+        live = list(range(len(images)))
+        while live:
+            tokens = np.concatenate([searches[i].tokens for i in live])
+            state = np.concatenate([searches[i].state for i in live])
+            context_index = np.repeat(np.arange(len(live), dtype=np.int32), [searches[i].num_live for i in live])
+            step = self.backend.decode_step(tokens, state, contexts[live], context_index, self.settings.k)
+            start = 0
+            for i in live:
+                rows = slice(start, start + searches[i].num_live)
+                start = rows.stop
+                searches[i].advance(step.top_log_probs[rows], step.top_ids[rows], step.state[rows])
+                calls[i] += 1
+            live = [i for i in live if not searches[i].done]
+        return [MemeOutcome(_best_caption(s, self.info), c) for s, c in zip(searches, calls, strict=True)]
+
+    def close(self) -> None:
+        pass

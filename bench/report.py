@@ -1,0 +1,291 @@
+"""Rows from measurements, the targets, the Markdown table, the JSON report and the plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.load import Measurement
+from bench.wire import CATEGORIES
+
+KIB = 1024
+SHORT_NAMES = {1: "original", 2: "full-vocab gRPC", 3: "top-k gRPC", 4: "embedded", 5: "generate gRPC", 6: "offline"}
+WIRE_TARGET_BYTES = 256 * KIB
+RPC_TARGET = 25
+
+
+def _percentiles_ms(latencies: list[float]) -> dict[str, float | None]:
+    if not latencies:
+        return {"p50": None, "p95": None, "p99": None, "mean": None}
+    values = np.asarray(latencies) * 1000
+    p50, p95, p99 = np.percentile(values, [50, 95, 99])
+    return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "mean": float(values.mean())}
+
+
+def measured_row(number: int, title: str, transport: str, bytes_kind: str, measurement: Measurement) -> dict[str, Any]:
+    done = len(measurement.latencies)
+    per_meme = max(done, 1)
+    ledger = measurement.ledger
+    captions: dict[str, str] = {}
+    for image_name, outcome in measurement.outcomes:
+        captions.setdefault(image_name, outcome.caption)
+    return {
+        "mode": number,
+        "title": title,
+        "transport": transport,
+        "available": True,
+        "note": "",
+        "concurrency": measurement.concurrency,
+        "offline_batch": measurement.offline_batch,
+        "memes": done,
+        "errors": len(measurement.errors),
+        "first_error": measurement.errors[0] if measurement.errors else None,
+        "seconds": measurement.seconds,
+        "memes_per_second": done / measurement.seconds if measurement.seconds > 0 else 0.0,
+        "latency_ms": _percentiles_ms(measurement.latencies),
+        "model_calls": ledger.total_calls,
+        "rpcs_per_meme": ledger.total_calls / per_meme,
+        "calls_per_meme_by_signature": {name: count / per_meme for name, count in sorted(ledger.calls.items())},
+        "calls_a_meme_took_part_in": float(np.mean([o.rpcs for _, o in measurement.outcomes]))
+        if measurement.outcomes
+        else None,
+        "bytes_kind": bytes_kind,
+        "bytes_per_meme": ledger.total_bytes / per_meme,
+        "request_bytes_per_meme": ledger.request_bytes / per_meme,
+        "response_bytes_per_meme": ledger.response_bytes / per_meme,
+        "bytes_per_meme_by_category": {c: ledger.bytes_by_category.get(c, 0) / per_meme for c in CATEGORIES},
+        "decode_batch_mean": ledger.decode_beams / ledger.decode_calls if ledger.decode_calls else None,
+        "decode_calls": ledger.decode_calls,
+        "accounting_ms_per_meme": 1000 * ledger.accounting_seconds / per_meme,
+        "cpu_ms_per_meme": 1000 * measurement.cpu_seconds / per_meme,
+        "other_processes_cpus_busy": measurement.other_cpu_seconds / measurement.seconds
+        if measurement.seconds
+        else 0.0,
+        "captions": captions,
+    }
+
+
+def unavailable_row(number: int, title: str, transport: str, concurrency: int | None, note: str) -> dict[str, Any]:
+    return {
+        "mode": number,
+        "title": title,
+        "transport": transport,
+        "available": False,
+        "note": note,
+        "concurrency": concurrency,
+        "offline_batch": None,
+    }
+
+
+def _row(rows: list[dict[str, Any]], mode: int, concurrency: int | None = None) -> dict[str, Any] | None:
+    for row in rows:
+        if row["mode"] == mode and row["available"] and row["concurrency"] == concurrency:
+            return row
+    return None
+
+
+def targets(rows: list[dict[str, Any]], interleaved: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The issue's targets, each as a ratio or amount measured in this run (None when a row is missing).
+
+    The speed ratios come from the interleaved cells when there are any: one ratio per round (both sides
+    measured back to back, under the same background load), and the median over the rounds. Without them
+    they come from the table's rows. Wire bytes and RPCs come from the rows (they do not vary with load).
+    """
+    product = _row(rows, 3, 1)
+    offline = [row for row in rows if row["mode"] == 6 and row["available"]]
+    offline_best = max((row["memes_per_second"] for row in offline), default=None)
+    latency = lambda row: row and row["latency_ms"]["mean"]  # noqa: E731
+    speed = lambda row: row and row["memes_per_second"]  # noqa: E731
+
+    def from_rows(numerator: float | None, denominator: float | None) -> tuple[float | None, list[float]]:
+        return (numerator / denominator if numerator is not None and denominator else None), []
+
+    def from_rounds(numerator: str, denominator: str, key: str) -> tuple[float | None, list[float]]:
+        cells = interleaved or {}
+        if numerator not in cells or denominator not in cells:
+            return None, []
+        ratios = [a / b for a, b in zip(cells[numerator][key], cells[denominator][key], strict=False) if b]
+        return (float(np.median(ratios)) if ratios else None), ratios
+
+    offline_cell = next((name for name in interleaved or {} if name.startswith("6@")), "6@")
+    if interleaved:
+        source = "interleaved rounds, median"
+        latency_3_4 = from_rounds("3@1", "4@1", "round_mean_latency_ms")
+        speed_3_6 = from_rounds("3@16", offline_cell, "round_memes_per_second")
+        latency_1_3 = from_rounds("1@1", "3@1", "round_mean_latency_ms")
+    else:
+        source = "table rows"
+        latency_3_4 = from_rows(latency(product), latency(_row(rows, 4, 1)))
+        speed_3_6 = from_rows(speed(_row(rows, 3, 16)), offline_best)
+        latency_1_3 = from_rows(latency(_row(rows, 1, 1)), latency(product))
+    checks = [
+        ("(3) per meme ≤ 1.3 × (4) per meme, concurrency 1 (mean latency)", latency_3_4, "≤", 1.3, "ratio", source),
+        ("(3) at concurrency 16 ≥ 80 % of (6) (memes/s)", speed_3_6, "≥", 0.8, "fraction", source),
+        (
+            "(3) bytes on the wire per meme ≤ 256 KiB, concurrency 1",
+            (product and product["bytes_per_meme"] / KIB, []),
+            "≤",
+            WIRE_TARGET_BYTES / KIB,
+            "KiB",
+            "table row",
+        ),
+        (
+            "(3) RPCs per meme ≤ 25, concurrency 1",
+            (product and product["rpcs_per_meme"], []),
+            "≤",
+            RPC_TARGET,
+            "RPCs",
+            "table row",
+        ),
+        ("(1) per meme ≥ 10 × (3) per meme, concurrency 1 (mean latency)", latency_1_3, "≥", 10.0, "ratio", source),
+    ]
+    results = []
+    for name, (measured, per_round), op, threshold, unit, where in checks:
+        passed = None if measured is None else (measured <= threshold if op == "≤" else measured >= threshold)
+        results.append({"target": name, "measured": measured, "per_round": per_round, "op": op,
+                        "threshold": threshold, "unit": unit, "passed": passed, "source": where})  # fmt: skip
+    return results
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    header = (
+        "| mode | transport | conc. | memes/s | p50 ms | p95 ms | p99 ms | CPU ms/meme | RPCs/meme | KiB/meme "
+        "| image | context | state | tokens | results | framing | mean decode batch |"
+    )
+    lines = [header, "|" + " --- |" * (header.count("|") - 1)]
+    for row in rows:
+        load = f"batch {row['offline_batch']}" if row.get("offline_batch") else str(row["concurrency"])
+        if not row["available"]:
+            lines.append(f"| {row['mode']} | {row['transport']} | {load} | {row['note']} |" + " |" * 13)
+            continue
+        kib = row["bytes_per_meme_by_category"]
+        wire = row["bytes_per_meme"] / KIB
+        marker = "" if row["bytes_kind"] == "serialized" else "*"
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    str(row["mode"]),
+                    row["transport"],
+                    load,
+                    _fmt(row["memes_per_second"], 2),
+                    _fmt(row["latency_ms"]["p50"], 0),
+                    _fmt(row["latency_ms"]["p95"], 0),
+                    _fmt(row["latency_ms"]["p99"], 0),
+                    _fmt(row["cpu_ms_per_meme"], 0),
+                    _fmt(row["rpcs_per_meme"], 1),
+                    _fmt(wire, 1) + marker,
+                    *(_fmt(kib[c] / KIB, 1) for c in CATEGORIES),
+                    _fmt(row["decode_batch_mean"], 1),
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def targets_table(checks: list[dict[str, Any]]) -> str:
+    lines = ["| target | measured | verdict | from |", "| --- | --- | --- | --- |"]
+    for check in checks:
+        verdict = {True: "pass", False: "**fail**", None: "not measured"}[check["passed"]]
+        measured = "–" if check["measured"] is None else f"{check['measured']:,.2f} {check['unit']}"
+        if len(check["per_round"]) > 1:
+            measured += f" (rounds {min(check['per_round']):.2f}–{max(check['per_round']):.2f})"
+        lines.append(f"| {check['target']} | {measured} | {verdict} | {check['source']} |")
+    return "\n".join(lines)
+
+
+PROPOSAL_LABELS = {
+    "as_sent": "as sent today (float32 state both ways, context every step)",
+    "float16_state_tensor_content": "float16 state, packed both ways (`tensor_content`)",
+    "float16_state_typed_half_val": "float16 state, answered in TF Serving's default typed `half_val`",
+    "context_sent_once": "context sent once per request, not every step",
+    "state_half_width": "state half as wide (e.g. GRU 128 instead of 256), float32",
+    "float16_state_and_context_once": "float16 state + context once",
+    "float16_state_context_once_half_width": "float16 state + context once + half-width state",
+}
+
+
+def proposals_table(proposals: dict[str, Any] | None) -> str:
+    """What each contract change would make (3)'s bytes per meme, from re-serialized real exchanges."""
+    if not proposals:
+        return ""
+    lines = ["| wire format | KiB/meme | saving | ≤ 256 KiB |", "| --- | --- | --- | --- |"]
+    for name, value in proposals["bytes_per_meme"].items():
+        saving = proposals["saving_fraction"][name]
+        fits = "yes" if value <= WIRE_TARGET_BYTES else "no"
+        lines.append(f"| {PROPOSAL_LABELS.get(name, name)} | {value / KIB:,.1f} | {saving:.0%} | {fits} |")
+    return "\n".join(lines)
+
+
+def write_json(report: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def plot(rows: list[dict[str, Any]], path: Path, subtitle: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, ((throughput, latency), (wire, calls)) = plt.subplots(2, 2, figsize=(13, 9))
+    modes = sorted({row["mode"] for row in rows if row["available"] and row["concurrency"] is not None})
+    for mode in modes:
+        points = sorted(
+            (row["concurrency"], row) for row in rows if row["mode"] == mode and row["available"] and row["concurrency"]
+        )
+        if not points:
+            continue
+        label = f"({mode}) {SHORT_NAMES.get(mode, points[0][1]['transport'])}"
+        x = [c for c, _ in points]
+        throughput.plot(x, [r["memes_per_second"] for _, r in points], marker="o", label=label)
+        latency.plot(x, [r["latency_ms"]["p50"] for _, r in points], marker="o", label=f"{label} p50")
+        latency.plot(x, [r["latency_ms"]["p95"] for _, r in points], linestyle=":", color=latency.lines[-1].get_color())
+    offline = [row for row in rows if row["mode"] == 6 and row["available"]]
+    if offline:
+        best = max(offline, key=lambda row: row["memes_per_second"])
+        throughput.axhline(best["memes_per_second"], color="black", linestyle="--",
+                           label=f"(6) offline, batch {best['offline_batch']}")  # fmt: skip
+    for axis in (throughput, latency):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrent clients")
+        axis.legend(fontsize=8)
+        axis.grid(alpha=0.3)
+    throughput.set_ylabel("memes / s")
+    throughput.set_title("throughput")
+    latency.set_yscale("log")
+    latency.set_ylabel("latency per meme, ms (dotted: p95)")
+    latency.set_title("latency")
+
+    single = [row for row in rows if row["available"] and row["concurrency"] == 1]
+    names = [f"({row['mode']}) {SHORT_NAMES.get(row['mode'], '')}" for row in single]
+    bottom = np.zeros(len(single))
+    for category in CATEGORIES:
+        values = np.array([row["bytes_per_meme_by_category"][category] / KIB for row in single])
+        wire.bar(names, values, bottom=bottom, label=category)
+        bottom += values
+    wire.axhline(WIRE_TARGET_BYTES / KIB, color="red", linestyle="--", label="256 KiB target for (3)")
+    for x, total in enumerate(bottom):
+        wire.annotate(f"{total:,.0f}", (x, total), ha="center", va="bottom", fontsize=8)
+    wire.set_ylabel("KiB per meme (concurrency 1)")
+    wire.tick_params(axis="x", labelsize=8)
+    calls.tick_params(axis="x", labelsize=8)
+    wire.set_title("where the bytes go (gRPC: serialized; in-process: raw tensors)")
+    wire.legend(fontsize=8)
+    calls.bar(names, [row["rpcs_per_meme"] for row in single])
+    calls.axhline(RPC_TARGET, color="red", linestyle="--", label="25 RPCs target for (3)")
+    calls.set_yscale("log")
+    calls.set_ylabel("model calls per meme (concurrency 1)")
+    calls.set_title("model calls per meme")
+    calls.legend(fontsize=8)
+    figure.suptitle(f"memefly benchmark: {subtitle}", fontsize=11)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -1,0 +1,73 @@
+"""The local serving tier (`python -m serving`, as `make serve-local` runs it) as a subprocess."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from memefly.paths import REPO_ROOT
+
+STARTUP_SECONDS = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_available(target: str, model_name: str, process: subprocess.Popen | None, timeout: float) -> None:
+    import grpc
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+    available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"the serving tier exited with {process.returncode}")
+            request = get_model_status_pb2.GetModelStatusRequest()
+            request.model_spec.name = model_name
+            try:
+                statuses = stub.GetModelStatus(request, timeout=2).model_version_status
+                if any(status.state == available for status in statuses):
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.3)
+    raise TimeoutError(f"the serving tier at {target} had no available model after {timeout:.0f} s")
+
+
+@contextmanager
+def local_serving_tier(model_base_path: Path, model_name: str, log_path: Path) -> Iterator[tuple[str, int]]:
+    """(gRPC target, process id) of a fresh `python -m serving` for `<model_base_path>/<model_name>`."""
+    port = free_port()
+    args = [
+        sys.executable,
+        "-m",
+        "serving",
+        f"--port={port}",
+        f"--model_name={model_name}",
+        f"--model_base_path={(model_base_path / model_name).resolve()}",
+    ]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=log_file)
+    try:
+        target = f"127.0.0.1:{port}"
+        wait_until_available(target, model_name, process, STARTUP_SECONDS)
+        yield target, process.pid
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

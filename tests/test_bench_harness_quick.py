@@ -1,0 +1,101 @@
+"""`python -m bench --quick` on the tiny model: every mode and load has a row, and the rows add up.
+
+Nothing here is timed: the checks are that the counts the report derives agree with each other.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.support import MODEL_NAME
+
+CONCURRENCIES = (1, 2)
+OFFLINE_BATCH = 4
+
+
+@pytest.fixture(scope="module")
+def bench_report(model_base_path: Path, serving_target: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from bench.runner import BenchOptions, run
+
+    out_dir = tmp_path_factory.mktemp("bench")
+    options = BenchOptions(
+        model_base_path=model_base_path,
+        out_dir=out_dir,
+        model_name=MODEL_NAME,
+        concurrencies=CONCURRENCIES,
+        rounds=1,
+        min_memes=2,
+        offline_batches=(OFFLINE_BATCH,),
+        offline_repeats=1,
+        paired_rounds=1,
+        serving_target=serving_target,
+        quick=True,
+    )
+    run(options)
+    for name in ("report.md", "report.png"):
+        assert (out_dir / name).stat().st_size > 0
+    return json.loads((out_dir / "report.json").read_text())
+
+
+def _rows(report: dict, mode: int) -> list[dict]:
+    return [row for row in report["rows"] if row["mode"] == mode]
+
+
+def test_every_mode_and_load_has_a_row(bench_report: dict) -> None:
+    for mode in (1, 2, 3, 4, 5):
+        assert sorted(row["concurrency"] for row in _rows(bench_report, mode)) == list(CONCURRENCIES)
+    assert [row["offline_batch"] for row in _rows(bench_report, 6)] == [OFFLINE_BATCH]
+    for row in bench_report["rows"]:
+        assert row["available"] or row["mode"] == 5, row
+        if not row["available"]:
+            assert "not available" in row["note"]
+    assert len(bench_report["targets"]) == 5
+
+
+def test_rows_are_consistent_counts(bench_report: dict) -> None:
+    for row in bench_report["rows"]:
+        if not row["available"]:
+            continue
+        expected = OFFLINE_BATCH if row["mode"] == 6 else max(row["concurrency"], 2)
+        assert row["errors"] == 0, row["first_error"]
+        assert row["memes"] == expected
+        assert row["memes_per_second"] == pytest.approx(row["memes"] / row["seconds"])
+        latency = row["latency_ms"]
+        assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"]
+        # RPCs per meme is the interceptor's (or wrapper's) count, and adds up by signature.
+        assert row["rpcs_per_meme"] == pytest.approx(row["model_calls"] / row["memes"])
+        assert sum(row["calls_per_meme_by_signature"].values()) == pytest.approx(row["rpcs_per_meme"])
+        assert sum(row["bytes_per_meme_by_category"].values()) == pytest.approx(row["bytes_per_meme"])
+        assert row["request_bytes_per_meme"] + row["response_bytes_per_meme"] == pytest.approx(row["bytes_per_meme"])
+        assert row["bytes_per_meme_by_category"]["image"] > 0
+        if row["concurrency"] == 1:
+            # Alone, every model call counted is one the meme itself reports taking part in (the session's
+            # periodic version check, GetModelStatus, belongs to no meme).
+            predict_calls = {
+                name: n for name, n in row["calls_per_meme_by_signature"].items() if name != "GetModelStatus"
+            }
+            assert sum(predict_calls.values()) == pytest.approx(row["calls_a_meme_took_part_in"])
+
+
+def test_modes_differ_where_they_should(bench_report: dict) -> None:
+    original, full_vocabulary, product, embedded = (
+        next(row for row in _rows(bench_report, mode) if row["concurrency"] == 1) for mode in (1, 2, 3, 4)
+    )
+    # The original algorithm calls the model once per beam per step; the step loop once per step.
+    assert original["rpcs_per_meme"] > product["rpcs_per_meme"] > 1
+    assert original["decode_batch_mean"] == 1
+    assert 1 < product["decode_batch_mean"] <= 5
+    assert product["calls_per_meme_by_signature"]["encode"] == 1
+    # Full-vocabulary results outweigh top-k results; context and state cost the same in both.
+    results = lambda row: row["bytes_per_meme_by_category"]["results"]  # noqa: E731
+    assert results(full_vocabulary) > 10 * results(product)
+    assert product["bytes_kind"] == "serialized" and embedded["bytes_kind"] == "raw tensor bytes"
+    assert product["bytes_per_meme_by_category"]["state"] > 0
+    # Same model, same search, same step loop: the embedded backend finds the same captions.
+    assert bench_report["caption_agreement_with_mode_3"]["4"] >= 0.5
+    proposals = bench_report["wire_proposals"]["bytes_per_meme"]
+    assert proposals["context_sent_once"] < proposals["as_sent"]
+    assert proposals["float16_state_tensor_content"] < proposals["as_sent"]
