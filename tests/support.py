@@ -68,3 +68,51 @@ def serving_process(args: list[str], log_path: Path, stop_timeout: float = 15.0)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def assert_signatures_follow_the_contract(loaded, contract) -> None:
+    """Every exported signature has exactly the contract's tensors, dtypes and shapes."""
+    import tensorflow as tf
+
+    from memefly.contract import signatures
+
+    dtypes = {"string": tf.string, "int32": tf.int32, "float32": tf.float32}
+    assert set(loaded.signatures) == {spec.name for spec in signatures(contract)}
+    for spec in signatures(contract):
+        function = loaded.signatures[spec.name]
+        _, input_specs = function.structured_input_signature
+        assert set(input_specs) == {t.name for t in spec.inputs}
+        for tensor in spec.inputs:
+            assert input_specs[tensor.name].dtype == dtypes[tensor.dtype]
+            assert input_specs[tensor.name].shape.as_list() == list(tensor.shape)
+        outputs = function.structured_outputs
+        assert set(outputs) == {t.name for t in spec.outputs}
+        for tensor in spec.outputs:
+            assert outputs[tensor.name].dtype == dtypes[tensor.dtype]
+            assert outputs[tensor.name].shape.rank == len(tensor.shape)
+
+
+def assert_score_equals_summed_decode_step_log_probs(loaded, contract, context, text: str) -> None:
+    """Teacher-forced `score` and step-by-step `decode_step` (k = vocabulary, `<end>` included) agree."""
+    import pytest
+    import tensorflow as tf
+
+    from memefly.contract import DECODE_STEP, SCORE, TOKENIZE
+
+    ids = loaded.signatures[TOKENIZE](text=tf.constant([text]))["ids"].numpy()[0].tolist() + [contract.end_id]
+    state = tf.zeros([1, contract.state_size])
+    token, total = contract.start_id, 0.0
+    for target in ids:
+        step = loaded.signatures[DECODE_STEP](
+            tokens=tf.constant([token]),
+            state=state,
+            context=context,
+            context_index=tf.constant([0]),
+            k=tf.constant(contract.vocab_size),
+        )
+        row = dict(zip(step["top_ids"].numpy()[0].tolist(), step["top_log_probs"].numpy()[0].tolist(), strict=True))
+        total += row[target]
+        token, state = target, step["state"]
+    scored = loaded.signatures[SCORE](context=context, text=tf.constant([text]))
+    assert scored["num_tokens"].numpy().tolist() == [len(ids)]
+    assert scored["log_prob"].numpy()[0] == pytest.approx(total, abs=1e-3)

@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from memefly.contract import DECODE_STEP, ENCODE, METADATA, SCORE, SPECIAL_TOKENS, TOKENIZE, ModelContract, signatures
-from tests.support import MODEL_NAME, photo_jpeg
+from memefly.contract import DECODE_STEP, ENCODE, METADATA, SPECIAL_TOKENS, TOKENIZE, ModelContract
+from tests.support import (
+    MODEL_NAME,
+    assert_score_equals_summed_decode_step_log_probs,
+    assert_signatures_follow_the_contract,
+    photo_jpeg,
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,20 +35,7 @@ def test_version_directory_is_what_tf_serving_loads(model_base_path: Path) -> No
 
 
 def test_signature_defs_match_the_contract(loaded, contract: ModelContract) -> None:
-    dtypes = {"string": tf.string, "int32": tf.int32, "float32": tf.float32}
-    assert set(loaded.signatures) == {spec.name for spec in signatures(contract)}
-    for spec in signatures(contract):
-        function = loaded.signatures[spec.name]
-        _, input_specs = function.structured_input_signature
-        assert set(input_specs) == {t.name for t in spec.inputs}
-        for tensor in spec.inputs:
-            assert input_specs[tensor.name].dtype == dtypes[tensor.dtype]
-            assert input_specs[tensor.name].shape.as_list() == list(tensor.shape)
-        outputs = function.structured_outputs
-        assert set(outputs) == {t.name for t in spec.outputs}
-        for tensor in spec.outputs:
-            assert outputs[tensor.name].dtype == dtypes[tensor.dtype]
-            assert outputs[tensor.name].shape.rank == len(tensor.shape)
+    assert_signatures_follow_the_contract(loaded, contract)
 
 
 def test_metadata_gives_vocabulary_with_special_tokens_first(loaded, contract: ModelContract) -> None:
@@ -110,21 +102,6 @@ def test_score_equals_summed_decode_step_log_probs(loaded, contract: ModelContra
     """Teacher-forced `score` and the step-by-step `decode_step` (k = vocabulary) are one model."""
     context = loaded.signatures[ENCODE](image_bytes=tf.constant([chelsea_jpeg]))["context"]
     vocabulary = [w.decode() for w in loaded.signatures[METADATA]()["vocabulary"].numpy()]
-    text = f"{vocabulary[7]} {vocabulary[9]}\n{vocabulary[8]}"
-    ids = loaded.signatures[TOKENIZE](text=tf.constant([text]))["ids"].numpy()[0].tolist() + [contract.end_id]
-    state = tf.zeros([1, contract.state_size])
-    token, total = contract.start_id, 0.0
-    for target in ids:
-        step = loaded.signatures[DECODE_STEP](
-            tokens=tf.constant([token]),
-            state=state,
-            context=context,
-            context_index=tf.constant([0]),
-            k=tf.constant(contract.vocab_size),
-        )
-        row = dict(zip(step["top_ids"].numpy()[0].tolist(), step["top_log_probs"].numpy()[0].tolist(), strict=True))
-        total += row[target]
-        token, state = target, step["state"]
-    scored = loaded.signatures[SCORE](context=context, text=tf.constant([text]))
-    assert scored["num_tokens"].numpy().tolist() == [len(ids)]
-    assert scored["log_prob"].numpy()[0] == pytest.approx(total, abs=1e-3)
+    assert_score_equals_summed_decode_step_log_probs(
+        loaded, contract, context, f"{vocabulary[7]} {vocabulary[9]}\n{vocabulary[8]}"
+    )

@@ -11,10 +11,13 @@ import tensorflow as tf
 from export.bundle import load_bundle, save_bundle
 from export.model import ModelConfig, build_decoder
 from export.saved_model import export_saved_model
-from memefly.contract import DECODE_STEP, ENCODE, METADATA, SCORE, TOKENIZE, ModelContract, signatures
-from tests.support import MODEL_NAME, photo_jpeg
-
-_DTYPES = {"string": tf.string, "int32": tf.int32, "float32": tf.float32}
+from memefly.contract import DECODE_STEP, ENCODE, METADATA, SCORE, TOKENIZE, ModelContract
+from tests.support import (
+    MODEL_NAME,
+    assert_score_equals_summed_decode_step_log_probs,
+    assert_signatures_follow_the_contract,
+    photo_jpeg,
+)
 
 
 @pytest.fixture(scope="module")
@@ -56,19 +59,7 @@ def test_the_contract_carries_the_encoded_feature_map_and_a_prefix_sized_state(
 
 
 def test_every_signature_follows_the_contract(loaded, contract: ModelContract) -> None:
-    assert set(loaded.signatures) == {spec.name for spec in signatures(contract)}
-    for spec in signatures(contract):
-        function = loaded.signatures[spec.name]
-        _, input_specs = function.structured_input_signature
-        assert set(input_specs) == {t.name for t in spec.inputs}
-        for tensor in spec.inputs:
-            assert input_specs[tensor.name].dtype == _DTYPES[tensor.dtype]
-            assert input_specs[tensor.name].shape.as_list() == list(tensor.shape)
-        outputs = function.structured_outputs
-        assert set(outputs) == {t.name for t in spec.outputs}
-        for tensor in spec.outputs:
-            assert outputs[tensor.name].dtype == _DTYPES[tensor.dtype]
-            assert outputs[tensor.name].shape.rank == len(tensor.shape)
+    assert_signatures_follow_the_contract(loaded, contract)
 
 
 def test_encode_decode_step_tokenize_and_score_run_with_contract_shapes(
@@ -108,23 +99,9 @@ def test_score_equals_summed_decode_step_log_probs(
     loaded, contract: ModelContract, vocabulary: list[str], chelsea_jpeg: bytes
 ) -> None:
     context = loaded.signatures[ENCODE](image_bytes=tf.constant([chelsea_jpeg]))["context"]
-    text = f"{vocabulary[7]} {vocabulary[9]}\n{vocabulary[8]}"
-    ids = loaded.signatures[TOKENIZE](text=tf.constant([text]))["ids"].numpy()[0].tolist() + [contract.end_id]
-    state = tf.zeros([1, contract.state_size])
-    token, total = contract.start_id, 0.0
-    for target in ids:
-        step = loaded.signatures[DECODE_STEP](
-            tokens=tf.constant([token]),
-            state=state,
-            context=context,
-            context_index=tf.constant([0]),
-            k=tf.constant(contract.vocab_size),
-        )
-        total += float(_full_distribution(step, contract.vocab_size)[0, target])
-        token, state = target, step["state"]
-    scored = loaded.signatures[SCORE](context=context, text=tf.constant([text]))
-    assert scored["num_tokens"].numpy().tolist() == [len(ids)]
-    assert scored["log_prob"].numpy()[0] == pytest.approx(total, abs=1e-3)
+    assert_score_equals_summed_decode_step_log_probs(
+        loaded, contract, context, f"{vocabulary[7]} {vocabulary[9]}\n{vocabulary[8]}"
+    )
 
 
 def test_stepping_from_the_zero_state_gives_the_teacher_forced_distribution_at_every_position(
