@@ -119,12 +119,11 @@ def evaluate(bundle_dir: Path, data_folder: Path, settings: EvaluationSettings |
         )
         for index, template in enumerate(tqdm(templates, desc="sampling captions", unit="template")):
             seeded = SamplingSettings(**{**sampling.__dict__, "seed": settings.seed + index})
-            result = captioner.caption(image_bytes[template.id], seeded)
-            words = [caption.text.replace(" / ", " ").split() for caption in result.captions]
+            captions, words = _captions_and_words(captioner, image_bytes[template.id], seeded)
             generated[template.id] = [" ".join(w) for w in words]
             distinct1.append(distinct_n(words, 1))
             distinct2.append(distinct_n(words, 2))
-            sampled_ids = _id_sequences(signatures, [caption_text(c.boxes) for c in result.captions])
+            sampled_ids = _id_sequences(signatures, [caption_text(c.boxes) for c in captions])
             copies += sum(ids in seen for ids in sampled_ids)
             total += len(sampled_ids)
 
@@ -140,14 +139,13 @@ def evaluate(bundle_dir: Path, data_folder: Path, settings: EvaluationSettings |
         )
         by_decoding = {}
         for name, make in decodings.items():
-            texts: dict[str, list[str]] = {}
+            decoded: dict[str, list[str]] = {}
             variety = []
             for index, template in enumerate(templates):
-                result = captioner.caption(image_bytes[template.id], make(index))
-                words = [caption.text.replace(" / ", " ").split() for caption in result.captions]
-                texts[template.id] = [" ".join(w) for w in words]
+                _, words = _captions_and_words(captioner, image_bytes[template.id], make(index))
+                decoded[template.id] = [" ".join(w) for w in words]
                 variety.append(distinct_n(words, 2))
-            accuracy, _ = template_retrieval(train_captions, texts, settings.retrieval_min_captions)
+            accuracy, _ = template_retrieval(train_captions, decoded, settings.retrieval_min_captions)
             by_decoding[name] = {"template_retrieval_top1": accuracy, "distinct_2": float(np.mean(variety))}
 
         session.close()
@@ -180,6 +178,12 @@ def evaluate(bundle_dir: Path, data_folder: Path, settings: EvaluationSettings |
         "by_decoding": by_decoding,
         "examples": {t: generated[t][:3] for t in list(generated)[:12]},
     }
+
+
+def _captions_and_words(captioner, image: bytes, decoding: SamplingSettings | SearchSettings) -> tuple[list, list]:
+    """The captions for one image, and each as a list of words with the box boundaries dropped."""
+    captions = captioner.caption(image, decoding).captions
+    return captions, [caption.text.replace(" / ", " ").split() for caption in captions]
 
 
 def _id_sequences(signatures, texts: list[str]) -> list[tuple[int, ...]]:
@@ -216,9 +220,7 @@ def write_reports(report: dict, out_dir: Path) -> None:
     ]
     for key, value in report.items():
         if isinstance(value, float):
-            target = TARGETS.get(key)
-            met = "" if target is None else ("yes" if _meets(value, *target) else "no")
-            lines.append(f"| {key} | {value:.3f} | {'' if target is None else f'{target[0]} {target[1]}'} | {met} |")
+            lines.append(metric_row(key, value))
         elif isinstance(value, int):
             lines.append(f"| {key} | {value} | | |")
     lines += decoding_table(report)
@@ -240,6 +242,14 @@ def decoding_table(report: dict) -> list[str]:
     )
     lines += [f"| {n} | {r['template_retrieval_top1']:.3f} | {r['distinct_2']:.3f} |" for n, r in rows.items()]
     return lines
+
+
+def metric_row(key: str, value: float) -> str:
+    """A Markdown table row: the metric, its value, and its target and whether it is met, if it has one."""
+    target = TARGETS.get(key)
+    met = "" if target is None else ("yes" if _meets(value, *target) else "no")
+    shown = "" if target is None else f"{target[0]} {target[1]}"
+    return f"| {key} | {'n/a' if math.isnan(value) else f'{value:.3f}'} | {shown} | {met} |"
 
 
 def _meets(value: float, relation: str, bound: float) -> bool:

@@ -9,19 +9,13 @@ import json
 import math
 from pathlib import Path
 
-from export.evaluate import TARGETS, _meets, decoding_table
+from export.evaluate import decoding_table, metric_row
 
 CARD = "MODEL_CARD.md"
 
 
 def _read(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _fmt(value: object) -> str:
-    if isinstance(value, float):
-        return "n/a" if math.isnan(value) else f"{value:.3f}"
-    return str(value)
 
 
 def _kept(run: int, planned: int | None, best_epoch: int) -> str:
@@ -90,12 +84,7 @@ def model_card(bundle_dir: Path) -> str:
             "| metric | value | target | met |",
             "| --- | --- | --- | --- |",
         ]
-        for key, value in report.items():
-            if isinstance(value, float):
-                target = TARGETS.get(key)
-                met = "" if target is None else ("yes" if _meets(value, *target) else "no")
-                shown = "" if target is None else f"{target[0]} {target[1]}"
-                lines.append(f"| {key} | {_fmt(value)} | {shown} | {met} |")
+        lines += [metric_row(key, value) for key, value in report.items() if isinstance(value, float)]
         lines += [
             "",
             "- `perplexity_ratio`: perplexity with the template's image over perplexity with a blank grey image; "
