@@ -253,6 +253,19 @@ async def create_meme(request: Request, settings: SettingsDep, session: SessionD
     elif data is None:
         template = _template(request, options.template_id)
         data, layout = await run_in_threadpool(template.image_path.read_bytes), list(template.layout) or None
+    return await _make_meme(request, settings, session, data, layout, options, deadline)
+
+
+async def _make_meme(
+    request: Request,
+    settings: Settings,
+    session: ModelSession,
+    data: bytes,
+    layout,
+    options: MemeOptions,
+    deadline: float,
+) -> Response:
+    """Within an admission slot: decode the image, caption it (or take the user's text), render."""
     async with request.app.state.admission.slot(deadline):
         image = await run_in_threadpool(open_upload, data, settings.max_image_pixels)
         if options.text is not None:
@@ -278,13 +291,8 @@ async def create_template_meme(
     deadline = time.monotonic() + settings.request_timeout_seconds
     template = _template(request, template_id)
     layout = list(template.layout) or None
-    async with request.app.state.admission.slot(deadline):
-        data = await run_in_threadpool(template.image_path.read_bytes)
-        image = await run_in_threadpool(open_upload, data, settings.max_image_pixels)
-        if body.text is not None:
-            return await _respond(request, image, layout, _user_text(body.text, layout), body, None)
-        result = await _generate(request, settings, session, image, body, deadline)
-        return await _respond(request, image, layout, result, body, session.backend.name)
+    data = await run_in_threadpool(template.image_path.read_bytes)
+    return await _make_meme(request, settings, session, data, layout, body, deadline)
 
 
 @router.get(
