@@ -49,10 +49,13 @@ class SamplingSettings:
     seed: int | None = None
     length_penalty: float = 1.0
     """Only orders the finished samples."""
+    rerank: int = 1
+    """Samples drawn per caption wanted: the `Captioner` keeps the `n` most specific to the image
+    (`gateway/rerank.py`). `Sampling` itself draws `n` and ignores this."""
 
     def __post_init__(self) -> None:
-        if self.n < 1 or self.k < 1 or self.max_length < 1:
-            raise ValueError("n, k and max_length must be positive")
+        if self.n < 1 or self.k < 1 or self.max_length < 1 or self.rerank < 1:
+            raise ValueError("n, k, max_length and rerank must be positive")
         if not 0 < self.top_p <= 1 or self.temperature <= 0:
             raise ValueError("top_p must be in (0, 1] and temperature positive")
 
@@ -87,7 +90,7 @@ class _Decoding:
         self.unk_id = unk_id
         # Never words, whatever their (masked, but finite) log-probability: when every other candidate
         # is banned, a beam must end or die rather than take one.
-        self.never_ids = np.array([i for i in (start_id, pad_id, unk_id) if i is not None], np.int32)
+        self.never_ids = tuple(i for i in (start_id, pad_id, unk_id) if i is not None)
         self.tokens = np.full(beams, start_id, np.int32)
         self.state = np.zeros((beams, state_size), np.float32)
         self.sequences = np.zeros((beams, 0), np.int32)
@@ -107,34 +110,41 @@ class _Decoding:
         return log_prob / max(length, 1) ** self.settings.length_penalty
 
     def _finish(self, ids: np.ndarray, log_prob: float, length: int) -> None:
-        self.finished.append(Hypothesis(tuple(int(i) for i in ids), log_prob, self._score(log_prob, length)))
+        self.finished.append(Hypothesis(tuple(ids.tolist()), log_prob, self._score(log_prob, length)))
 
     def _repeats_ngram(self, ids: np.ndarray) -> np.ndarray:
         """[live, k] mask of candidates that would complete an n-gram the beam already holds."""
         n = self.settings.no_repeat_ngram_size
-        repeats = np.zeros(ids.shape, bool)
-        length = self.sequences.shape[1]
+        sequences = self.sequences
+        length = sequences.shape[1]
         if n <= 0 or length < n:
-            return repeats
-        for beam, sequence in enumerate(self.sequences):
-            if n == 1:
-                seen = set(sequence.tolist())
-            else:
-                windows = np.lib.stride_tricks.sliding_window_view(sequence, n)
-                prefix = sequence[length - n + 1 :]
-                seen = set(windows[(windows[:, :-1] == prefix).all(axis=1), -1].tolist())
-            repeats[beam] = np.isin(ids[beam], list(seen))
-        return repeats
+            return np.zeros(ids.shape, bool)
+        # Window i (tokens i .. i + n - 1) bans its last token when its first n - 1 tokens are the
+        # beam's last n - 1, which start at column `windows`. For n = 1 every token so far is banned.
+        windows = length - n + 1
+        follows = np.ones((len(sequences), windows), bool)
+        for offset in range(n - 1):
+            follows &= sequences[:, offset : offset + windows] == sequences[:, windows + offset, None]
+        if not follows.any():  # the usual case: the beam's last n - 1 tokens are new
+            return np.zeros(ids.shape, bool)
+        # [live, windows, k], reduced over the middle axis, where NumPy ORs whole rows of k at once.
+        next_tokens = sequences[:, n - 1 :]
+        return ((ids[:, None, :] == next_tokens[:, :, None]) & follows[:, :, None]).any(axis=1)
 
     def _banned(self, top_ids: np.ndarray) -> np.ndarray:
         """[live, k] mask of candidates no caption may take."""
         # Every text box holds words: no `<sep>` or `<end>` first or right after a `<sep>`, and no
         # `<sep>` as the last token a caption can have.
-        after_word = (self.tokens != self.sep_id)[:, None] if self.steps else np.zeros((self.num_live, 1), bool)
-        boundary = (top_ids == self.end_id) | (top_ids == self.sep_id)
-        last_step = self.steps + 1 >= self.settings.max_length
-        banned = (boundary & ~after_word) | ((top_ids == self.sep_id) & last_step) | np.isin(top_ids, self.never_ids)
-        return banned | self._repeats_ngram(top_ids)
+        is_sep = top_ids == self.sep_id
+        banned = is_sep | (top_ids == self.end_id)
+        if self.steps:
+            banned &= (self.tokens == self.sep_id)[:, None]
+        if self.steps + 1 >= self.settings.max_length:
+            banned |= is_sep
+        for never in self.never_ids:
+            banned |= top_ids == never
+        banned |= self._repeats_ngram(top_ids)
+        return banned
 
     def _finish_at_max_length(self) -> None:
         if self.steps >= self.settings.max_length:
@@ -265,21 +275,21 @@ class Sampling(_Decoding):
         probs = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs /= probs.sum(axis=1, keepdims=True)
         # Nucleus: the fewest most likely candidates whose mass reaches top_p.
+        rows = np.arange(len(probs))
         order = np.argsort(-probs, axis=1, kind="stable")
-        sorted_probs = np.take_along_axis(probs, order, axis=1)
+        sorted_probs = probs[rows[:, None], order]
         outside = np.cumsum(sorted_probs, axis=1) - sorted_probs >= self.settings.top_p
-        probs = np.zeros_like(probs)
-        np.put_along_axis(probs, order, np.where(outside, 0.0, sorted_probs), axis=1)
+        sorted_probs[outside] = 0.0
+        probs[rows[:, None], order] = sorted_probs  # `order` is a permutation: every entry is rewritten
         probs /= probs.sum(axis=1, keepdims=True)
         picks = (probs.cumsum(axis=1) < self.rng.random((len(probs), 1))).sum(axis=1)
         picks = np.minimum(picks, probs.shape[1] - 1)
-        rows = np.arange(len(picks))
         tokens = top_ids[rows, picks]
         log_probs = self.log_probs + top_log_probs[rows, picks]
         ended = (tokens == self.end_id) & ~stuck
         for row in np.flatnonzero(ended):
             self._finish(self.sequences[row], float(log_probs[row]), self.steps + 1)
-        live = np.flatnonzero(~ended & ~stuck)
+        live = np.flatnonzero(~(ended | stuck))
         self._keep(live, tokens[live], state[live], log_probs[live])
         self.steps += 1
         self._finish_at_max_length()

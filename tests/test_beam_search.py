@@ -128,6 +128,35 @@ def test_no_ngram_repeats_within_a_caption() -> None:
     assert unrestricted.results()[0].ids[:4] == (5, 6, 5, 6)
 
 
+def repeats_an_ngram(sequence: list[int], n: int) -> bool:
+    """Whether the last n tokens of `sequence` already appear earlier in it."""
+    if n <= 0 or len(sequence) < n:
+        return False
+    return tuple(sequence[-n:]) in {tuple(sequence[i : i + n]) for i in range(len(sequence) - n)}
+
+
+@pytest.mark.parametrize("ngram", range(6))
+def test_no_repeat_rule_bans_exactly_the_tokens_that_would_repeat_an_ngram(ngram: int) -> None:
+    """Greedy search against a plain reference: a ban too many changes the caption as surely as one too few."""
+    preferences = {START: (5, 6), 5: (6, 7), 6: (7, 5), 7: (5, 6)}  # best first; nothing else, not even `<end>`
+    table = np.full((VOCAB, VOCAB), -1e9)
+    for token, (best, second) in preferences.items():
+        table[token, best], table[token, second] = -0.1, -1.0
+    max_length = 12
+    expected: list[int] = []
+    while len(expected) < max_length:
+        allowed = [
+            c for c in preferences[expected[-1] if expected else START] if not repeats_an_ngram([*expected, c], ngram)
+        ]
+        if not allowed:  # the beam dies: no caption at all
+            break
+        expected.append(allowed[0])
+    settings = SearchSettings(beam_width=1, n_best=1, max_length=max_length, no_repeat_ngram_size=ngram)
+    search = BeamSearch(settings, START, END, SEP, state_size=1)
+    run(search, table)
+    assert [h.ids for h in search.results()] == ([tuple(expected)] if len(expected) == max_length else [])
+
+
 def run_sampling(settings: SamplingSettings, table: np.ndarray) -> list[tuple[int, ...]]:
     sampling = Sampling(settings, START, END, SEP, state_size=1)
     steps = run(sampling, table)
