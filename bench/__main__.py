@@ -26,7 +26,10 @@ def main(
     data_dir: Annotated[
         Path, typer.Option(envvar="MEMEFLY_DATA_DIR", help="meme data set, for the template images")
     ] = DEFAULT_DATA_DIR,
-    mode: Annotated[list[int] | None, typer.Option(help="run only these modes (repeatable); default 1-6")] = None,
+    mode: Annotated[
+        list[int] | None,
+        typer.Option(help="run only these modes (repeatable; 1 runs in-process and over REST JSON); default 1-6"),
+    ] = None,
     concurrency: Annotated[
         list[int] | None, typer.Option(help="concurrent clients (repeatable); default 1 4 16 64, quick: 1 4")
     ] = None,

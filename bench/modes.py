@@ -2,6 +2,7 @@
 
 1. `OriginalMemeflyMode`: the original Memefly algorithm, in-process. One model call per beam per step;
    each call re-runs the whole padded prefix through the model and returns the full softmax.
+   `OriginalMemeflyRestMode`: the same calls as the seed deployed them, JSON over TF Serving's REST API.
 2. `FullVocabularyStepMode`: the gateway's step loop (continuous batching) over gRPC, asking `decode_step`
    for k = vocabulary size: full-vocabulary log-probabilities cross the wire every step.
 3. `StepLoopMode` on `CountingTfServingBackend`: the product path, in-graph top-k over gRPC.
@@ -12,10 +13,14 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import httpx
 import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
@@ -28,11 +33,15 @@ from gateway.captioner import Captioner, ModelSession
 from gateway.search import BeamSearch, SearchSettings
 from gateway.tensors import array_to_proto, proto_to_array, strings_to_proto
 from memefly import contract as contract_module
-from memefly.contract import BOX_SEPARATOR_TEXT, DECODE_STEP, ENCODE
+from memefly.contract import BOX_SEPARATOR_TEXT, DECODE_STEP, ENCODE, ModelContract
 from memefly.text import ids_to_boxes
 
 ORIGINAL_CALL = "full_prefix_softmax"
-"""The signature name mode 1's model calls are counted under."""
+"""The signature name mode 1's model calls are counted under (and the seed replica's signature)."""
+ENCODE_PIXELS = "encode_pixels"
+"""The seed replica's encoder signature: decoded pixels, not JPEG bytes, as the seed's client sent them."""
+RestExchange = tuple[str, bytes, bytes]
+"""(signature name, request body, response body) of one REST `:predict` call."""
 OFFLINE_ENCODE_CHUNK = 32
 """Images per `encode` call in mode 6: large enough to batch, small enough to keep activations in memory."""
 
@@ -92,16 +101,18 @@ def _new_search(
 # ------------------------------------------------------------------------------------------------
 
 
-def full_prefix_softmax_function(backend: EmbeddedBackend, info: ModelInfo) -> tf.types.experimental.GenericFunction:
-    """(padded prefix [L], its length, context [1, C]) → the full softmax [V] after the prefix's last token.
+def full_prefix_softmax_function(
+    decode_step: tf.types.experimental.ConcreteFunction, contract: ModelContract
+) -> tf.types.experimental.GenericFunction:
+    """(padded prefix [L], its length, context [1, ...]) → the full softmax [V] after the prefix's last token.
 
     Built from the SavedModel's own `decode_step` function, so it runs the trained weights of either
     decoder. Like a recurrent Keras model fed `pad_sequences(prefix, maxlen=L)`, it runs all L padded
     positions on every call, keeps nothing between calls, and returns every word's probability.
     """
-    contract = info.contract
-    step = backend.signatures[DECODE_STEP]
     length_limit, vocab_size, state_size = contract.max_length, contract.vocab_size, contract.state_size
+    # The state is carried in whatever dtype `decode_step` takes it (float16 for newer GRU exports).
+    state_dtype = decode_step.structured_input_signature[1]["state"].dtype
 
     @tf.function(
         input_signature=[
@@ -112,14 +123,14 @@ def full_prefix_softmax_function(backend: EmbeddedBackend, info: ModelInfo) -> t
     )
     def full_prefix_softmax(prefix: tf.Tensor, length: tf.Tensor, context: tf.Tensor) -> tf.Tensor:
         index = tf.zeros([1], tf.int32)
-        state = tf.zeros([1, state_size])
+        state = tf.zeros([1, state_size], state_dtype)
         before_last = state
         for position in tf.range(length_limit):
             before_last = tf.where(position == length - 1, state, before_last)
-            state = step(
+            state = decode_step(
                 tokens=prefix[position : position + 1], state=state, context=context, context_index=index, k=1
             )["state"]
-        last = step(
+        last = decode_step(
             tokens=prefix[length - 1 : length], state=before_last, context=context, context_index=index, k=vocab_size
         )
         # decode_step answers sorted top-k; with k = V that is every word, put back in id order.
@@ -127,6 +138,32 @@ def full_prefix_softmax_function(backend: EmbeddedBackend, info: ModelInfo) -> t
         return tf.scatter_nd(ids[:, None], tf.exp(log_probs), [vocab_size])
 
     return full_prefix_softmax
+
+
+def original_memefly_search(
+    settings: SearchSettings, info: ModelInfo, softmax_after: Callable[[np.ndarray, int], np.ndarray]
+) -> tuple[BeamSearch, int]:
+    """The beam search of mode 1, driven by `softmax_after(padded prefix [L], length)` → softmax [V], which
+    is called once per live beam per step. Returns the finished search and the number of those calls."""
+    search = _new_search(settings, info, state_size=0)
+    start_id, length_limit, k = info.contract.start_id, info.contract.max_length, settings.k
+    calls = 0
+    while not search.done:
+        top_log_probs = np.empty((search.num_live, k), np.float32)
+        top_ids = np.empty((search.num_live, k), np.int32)
+        for beam, sequence in enumerate(search.sequences):
+            prefix = np.zeros(length_limit, np.int32)
+            prefix[0] = start_id
+            prefix[1 : 1 + len(sequence)] = sequence
+            probs = softmax_after(prefix, 1 + len(sequence))
+            calls += 1
+            # As Memefly did: the client ranks the whole vocabulary itself.
+            with np.errstate(divide="ignore"):
+                log_probs = np.log(probs)
+            best = np.argsort(-log_probs, kind="stable")[:k]
+            top_ids[beam], top_log_probs[beam] = best, log_probs[best]
+        search.advance(top_log_probs, top_ids, np.zeros((search.num_live, 0), np.float32))
+    return search, calls
 
 
 class OriginalMemeflyMode:
@@ -139,42 +176,26 @@ class OriginalMemeflyMode:
         self.info = info
         self.settings = search_settings(config, info)
         self.ledger = CallLedger()
-        self._softmax = full_prefix_softmax_function(backend, info)
-        self._length_limit = info.contract.max_length
+        self._softmax = full_prefix_softmax_function(backend.signatures[DECODE_STEP], info.contract)
 
     def meme(self, image: bytes) -> MemeOutcome:
         context = self.backend.encode([image])
         self.ledger.record(ENCODE, len(image), context.nbytes, {"image": len(image), "context": context.nbytes})
-        search = _new_search(self.settings, self.info, state_size=0)
-        start_id = self.info.contract.start_id
-        k = self.settings.k
-        calls = 1
         context_tensor = tf.constant(context)
-        while not search.done:
-            top_log_probs = np.empty((search.num_live, k), np.float32)
-            top_ids = np.empty((search.num_live, k), np.int32)
-            for beam, sequence in enumerate(search.sequences):
-                prefix = np.zeros(self._length_limit, np.int32)
-                prefix[0] = start_id
-                prefix[1 : 1 + len(sequence)] = sequence
-                probs = self._softmax(
-                    tf.constant(prefix), tf.constant(1 + len(sequence), tf.int32), context_tensor
-                ).numpy()
-                calls += 1
-                self.ledger.record(
-                    ORIGINAL_CALL,
-                    prefix.nbytes + 4 + context.nbytes,
-                    probs.nbytes,
-                    {"tokens": prefix.nbytes + 4, "context": context.nbytes, "results": probs.nbytes},
-                    decode_beams=1,
-                )
-                # As Memefly did: the client ranks the whole vocabulary itself.
-                with np.errstate(divide="ignore"):
-                    log_probs = np.log(probs)
-                best = np.argsort(-log_probs, kind="stable")[:k]
-                top_ids[beam], top_log_probs[beam] = best, log_probs[best]
-            search.advance(top_log_probs, top_ids, np.zeros((search.num_live, 0), np.float32))
-        return MemeOutcome(_best_caption(search, self.info), calls)
+
+        def softmax_after(prefix: np.ndarray, length: int) -> np.ndarray:
+            probs = self._softmax(tf.constant(prefix), tf.constant(length, tf.int32), context_tensor).numpy()
+            self.ledger.record(
+                ORIGINAL_CALL,
+                prefix.nbytes + 4 + context.nbytes,
+                probs.nbytes,
+                {"tokens": prefix.nbytes + 4, "context": context.nbytes, "results": probs.nbytes},
+                decode_beams=1,
+            )
+            return probs
+
+        search, calls = original_memefly_search(self.settings, self.info, softmax_after)
+        return MemeOutcome(_best_caption(search, self.info), 1 + calls)
 
     def traces(self) -> int:
         """How often the full-prefix function was traced: 1 means no retracing during the run."""
@@ -182,6 +203,96 @@ class OriginalMemeflyMode:
 
     def close(self) -> None:
         pass
+
+
+class OriginalMemeflyRestMode:
+    """Mode 1 deployed as the issue describes the seed: every model call a `:predict` POST in JSON to TF
+    Serving's REST API, here to the local stand-in serving the seed replica (`bench.seed_replica`).
+
+    Per meme, one call to `encode_pixels` carrying the image as a JSON float array (the client decodes and
+    crops it itself), then one call to `full_prefix_softmax` per live beam per step, answered with the full
+    softmax as JSON. Requests use the row format (`{"instances": [...]}`), as Memefly's image-embedding
+    client did; the answers are TF Serving's `{"predictions": [...]}`.
+    """
+
+    number = 1
+    title = "original Memefly over TF Serving's REST JSON API"
+    transport = "REST JSON"
+
+    def __init__(
+        self,
+        rest_url: str,
+        model_name: str,
+        info: ModelInfo,
+        config: SearchConfig,
+        image_pixels: Callable[[bytes], np.ndarray],
+        timeout_seconds: float,
+    ) -> None:
+        self.predict_url = f"{rest_url}/v1/models/{model_name}:predict"
+        self.info = info
+        self.settings = search_settings(config, info)
+        self.ledger = CallLedger()
+        self.image_pixels = image_pixels
+        self.timeout_seconds = timeout_seconds
+        self.recording: list[RestExchange] | None = None
+        """When a list, every exchange is appended to it."""
+        self._thread_clients = threading.local()
+        self._clients: list[httpx.Client] = []
+        self._clients_lock = threading.Lock()
+
+    def _client(self) -> httpx.Client:
+        """This load thread's own keep-alive connection."""
+        client = getattr(self._thread_clients, "client", None)
+        if client is None:
+            client = self._thread_clients.client = httpx.Client(timeout=self.timeout_seconds)
+            with self._clients_lock:
+                self._clients.append(client)
+        return client
+
+    def _predict(
+        self, signature: str, instances_json: str, bytes_by_input: dict[str, int], result_category: str
+    ) -> np.ndarray:
+        """One `:predict` call; returns the answer's `predictions` as float32 and records its body sizes."""
+        body = f'{{"signature_name": "{signature}", "instances": {instances_json}}}'.encode()
+        response = self._client().post(self.predict_url, content=body, headers={"Content-Type": "application/json"})
+        answer = response.content
+        if response.status_code != 200:
+            raise RuntimeError(f"{signature}: HTTP {response.status_code}: {answer[:300]!r}")
+        values = np.asarray(json.loads(answer)["predictions"], np.float32)
+        # The one output's value is everything from its first bracket to its last; the rest is framing.
+        result_bytes = answer.rindex(b"]") + 1 - answer.index(b"[")
+        framing = len(body) - sum(bytes_by_input.values()) + len(answer) - result_bytes
+        self.ledger.record(
+            signature,
+            len(body),
+            len(answer),
+            {**bytes_by_input, result_category: result_bytes, "framing": framing},
+            decode_beams=1 if signature == ORIGINAL_CALL else None,
+        )
+        if self.recording is not None:
+            self.recording.append((signature, body, answer))
+        return values
+
+    def meme(self, image: bytes) -> MemeOutcome:
+        pixels_json = json.dumps(self.image_pixels(image).tolist())
+        context = self._predict(ENCODE_PIXELS, pixels_json, {"image": len(pixels_json)}, "context")
+        # Serialized once per meme: the cheapest a client can send the same context with every call.
+        context_json = json.dumps(context[0].tolist())
+
+        def softmax_after(prefix: np.ndarray, length: int) -> np.ndarray:
+            prefix_json = json.dumps(prefix.tolist())
+            instance = f'[{{"prefix": {prefix_json}, "length": {length}, "context": {context_json}}}]'
+            bytes_by_input = {"tokens": len(prefix_json) + len(str(length)), "context": len(context_json)}
+            return self._predict(ORIGINAL_CALL, instance, bytes_by_input, "results")[0]
+
+        search, calls = original_memefly_search(self.settings, self.info, softmax_after)
+        return MemeOutcome(_best_caption(search, self.info), 1 + calls)
+
+    def close(self) -> None:
+        with self._clients_lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench import report
 from bench.load import Measurement, closed_loop, offline_batches
@@ -19,13 +20,20 @@ from bench.modes import (
     Mode,
     OfflineBatchedMode,
     OriginalMemeflyMode,
+    OriginalMemeflyRestMode,
     StepLoopMode,
     generate_unavailable_reason,
 )
-from bench.serving_tier import local_serving_tier, wait_until_available
+from bench.serving_tier import free_port, local_serving_tier, wait_until_available
 from bench.wire import CallLedger, CountingInProcessBackend, CountingTfServingBackend, wire_proposals
 from bench.workload import BenchImage, SearchConfig, load_images
+from gateway.backends.base import ModelInfo
 from memefly.paths import DEFAULT_DATA_DIR
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from gateway.backends.embedded import EmbeddedBackend
 
 log = logging.getLogger("bench")
 
@@ -41,6 +49,13 @@ TITLES = {
     6: "offline batched, in-process (machine limit)",
 }
 TRANSPORTS = {1: "in-process", 2: "gRPC", 3: "gRPC", 4: "in-process", 5: "gRPC", 6: "in-process"}
+REST_VARIANT = "1-rest"
+"""Mode 1 runs twice: in-process (variant "1", its lower bound) and as the seed deployed it (this one)."""
+REST_TITLE = "original Memefly as deployed: the same calls, JSON over TF Serving's REST API (local stand-in)"
+REST_TRANSPORT = "REST JSON"
+REST_MAX_CONCURRENCY = 16
+"""The REST variant's highest load: its memes are seconds each, so 64 clients would take minutes more,
+and it saturates the CPUs well before that."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,40 @@ def _serving(options: BenchOptions) -> Iterator[tuple[str, int | None]]:
         yield target, pid
 
 
+@contextlib.contextmanager
+def _seed_serving(
+    embedded: EmbeddedBackend, info: ModelInfo, log_path: Path
+) -> Iterator[tuple[str, int, Callable[[bytes], np.ndarray]]]:
+    """The seed replica, written to a temporary directory and served by a fresh `python -m serving` with
+    its REST API on: (REST base URL, the tier's process id, the client's JPEG-to-pixels function)."""
+    import tensorflow as tf
+
+    from bench.seed_replica import SEED_MODEL_NAME, cut_encode_graph, image_pixels_function, write_seed_replica
+
+    product = tf.saved_model.load(str(embedded.model_dir / str(embedded.version)))
+    cut = cut_encode_graph(product)
+    with tempfile.TemporaryDirectory(prefix="memefly-seed-") as base:
+        write_seed_replica(product, cut, info.contract, Path(base))
+        rest_port = free_port()
+        with local_serving_tier(Path(base), SEED_MODEL_NAME, log_path, rest_api_port=rest_port) as (_, pid):
+            yield f"http://127.0.0.1:{rest_port}", pid, image_pixels_function(cut)
+
+
+def _variants(modes: tuple[int, ...]) -> list[tuple[int, str]]:
+    """(mode, variant) in run order: every mode is one variant, named by its number, except mode 1, which
+    also runs over REST JSON."""
+    variants = []
+    for number in modes:
+        variants.append((number, str(number)))
+        if number == 1:
+            variants.append((1, REST_VARIANT))
+    return variants
+
+
+def _title_and_transport(number: int, variant: str) -> tuple[str, str]:
+    return (REST_TITLE, REST_TRANSPORT) if variant == REST_VARIANT else (TITLES[number], TRANSPORTS[number])
+
+
 def _warm_up(mode: Mode, images: list[BenchImage], concurrency: int, memes: int) -> None:
     if memes > 0:
         closed_loop(mode, images, min(concurrency, memes), memes)
@@ -107,19 +156,30 @@ def run(options: BenchOptions) -> dict[str, Any]:
     proposals: dict[str, Any] | None = None
     profiles: dict[str, Any] = {}
     paired: dict[str, Any] = {}
+    stand_in_json_ms: float | None = None
     _log(f"model {info.name} v{info.version} ({info.contract.decoder}, vocab {info.contract.vocab_size}) "
          f"from {options.model_base_path}; {len(images)} images")  # fmt: skip
 
-    with _serving(options) as (target, server_pid):
+    # The seed tier (entered on the stack) stops first, after the run's last CPU sample, which it is part of.
+    with _serving(options) as (target, server_pid), contextlib.ExitStack() as seed_tier:
         server_pids = (server_pid,) if server_pid else ()
+        seed_pids: tuple[int, ...] = ()
         cpu_before = cpu_sample(list(server_pids))
 
-        def measure(number: int, mode: Mode, bytes_kind: str) -> None:
-            for concurrency in options.concurrencies:
+        def measure(
+            number: int,
+            variant: str,
+            mode: Mode,
+            bytes_kind: str,
+            concurrencies: tuple[int, ...] = options.concurrencies,
+            pids: tuple[int, ...] = server_pids,
+        ) -> None:
+            title, _ = _title_and_transport(number, variant)
+            for concurrency in concurrencies:
                 _warm_up(mode, images, concurrency, 0 if options.quick else min(options.warmup_memes, concurrency))
                 memes = options.memes_for(concurrency)
-                measurement = closed_loop(mode, images, concurrency, memes, server_pids)
-                rows.append(report.measured_row(number, TITLES[number], mode.transport, bytes_kind, measurement))
+                measurement = closed_loop(mode, images, concurrency, memes, pids)
+                rows.append(report.measured_row(number, title, mode.transport, bytes_kind, measurement, variant))
                 if mode.transport == "gRPC" and not server_pids:
                     rows[-1]["cpu_ms_per_meme"] = None  # the serving tier is not ours to measure
                 _log_row(rows[-1])
@@ -129,29 +189,53 @@ def run(options: BenchOptions) -> dict[str, Any]:
             backend = CountingTfServingBackend(target, options.model_name, RPC_TIMEOUT_SECONDS, ledger)
             return build(backend, ledger)
 
-        kept: dict[int, Mode] = {}  # the modes the interleaved target phase runs again
+        kept: dict[str, Mode] = {}  # by variant: the modes the interleaved target phase runs again
         offline: OfflineBatchedMode | None = None
-        for number in options.modes:
-            _log(f"mode {number}: {TITLES[number]}")
+        for number, variant in _variants(options.modes):
+            _log(f"mode {number}: {_title_and_transport(number, variant)[0]}")
             try:
-                if number == 1:
+                if variant == "1":
                     mode: Mode = OriginalMemeflyMode(embedded, info, config)
                     _warm_up(mode, images, 1, 1)
-                    measure(1, mode, "raw tensor bytes")
-                    kept[1] = mode
+                    measure(1, variant, mode, "raw tensor bytes")
+                    kept[variant] = mode
+                elif variant == REST_VARIANT:
+                    from bench.seed_replica import SEED_MODEL_NAME
+
+                    rest_url, seed_pid, image_pixels = seed_tier.enter_context(
+                        _seed_serving(embedded, info, options.out_dir / "serving_seed.log")
+                    )
+                    seed_pids = (seed_pid,)
+                    mode = OriginalMemeflyRestMode(
+                        rest_url, SEED_MODEL_NAME, info, config, image_pixels, RPC_TIMEOUT_SECONDS
+                    )
+                    _warm_up(mode, images, 1, 1)
+                    loads = tuple(c for c in options.concurrencies if c <= REST_MAX_CONCURRENCY)
+                    measure(1, variant, mode, "HTTP bodies", loads, seed_pids)
+                    rows.extend(
+                        report.unavailable_row(
+                            1, REST_TITLE, REST_TRANSPORT, c,
+                            f"not run: the REST variant runs at concurrency ≤ {REST_MAX_CONCURRENCY}", variant,
+                        )
+                        for c in options.concurrencies
+                        if c not in loads
+                    )  # fmt: skip
+                    kept[variant] = mode
+                    stand_in_json_ms = _stand_in_json_ms_per_meme(mode, images[:2] if options.quick else images)
+                    _log(f"  the stand-in's Python JSON code: {stand_in_json_ms:.0f} CPU ms per meme of it")
                 elif number == 2:
                     mode = grpc_mode(
                         lambda backend, ledger: FullVocabularyStepMode(2, TITLES[2], "gRPC", backend, ledger, config)
                     )
                     _warm_up(mode, images, 1, 1)
-                    measure(2, mode, "serialized")
+                    measure(2, variant, mode, "serialized")
                     mode.close()
                 elif number == 3:
                     mode = grpc_mode(
                         lambda backend, ledger: StepLoopMode(3, TITLES[3], "gRPC", backend, ledger, config)
                     )
                     _warm_up(mode, images, 1, 2)
-                    measure(3, mode, "serialized")
+                    measure(3, variant, mode, "serialized")
                     proposals = _record_proposals(mode, images)
                     if options.profile:
                         from bench.profiling import profile_mode
@@ -160,15 +244,15 @@ def run(options: BenchOptions) -> dict[str, Any]:
                             profiles[f"mode3_c{concurrency}"] = profile_mode(
                                 mode, images, concurrency, options.memes_for(concurrency), server_pid, options.out_dir
                             )
-                    kept[3] = mode
+                    kept[variant] = mode
                 elif number == 4:
                     ledger = CallLedger()
                     mode = StepLoopMode(
                         4, TITLES[4], "in-process", CountingInProcessBackend(embedded, ledger), ledger, config
                     )
                     _warm_up(mode, images, 1, 2)
-                    measure(4, mode, "raw tensor bytes")
-                    kept[4] = mode
+                    measure(4, variant, mode, "raw tensor bytes")
+                    kept[variant] = mode
                 elif number == 5:
                     reason = generate_unavailable_reason(set(embedded.signatures.keys()))
                     if reason is not None:
@@ -179,7 +263,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
                         continue
                     mode = grpc_mode(lambda backend, ledger: GenerateMode(backend, info, config))
                     _warm_up(mode, images, 1, 2)
-                    measure(5, mode, "serialized")
+                    measure(5, variant, mode, "serialized")
                     mode.close()
                 elif number == 6:
                     ledger = CallLedger()
@@ -194,20 +278,21 @@ def run(options: BenchOptions) -> dict[str, Any]:
                 else:
                     raise ValueError(f"no mode {number}")
             except Exception as error:  # one broken mode must not lose the others' rows
-                log.exception("mode %d failed", number)
-                done = {row["concurrency"] for row in rows if row["mode"] == number}
+                log.exception("mode %s failed", variant)
+                done = {row["concurrency"] for row in rows if row["variant"] == variant}
+                title, transport = _title_and_transport(number, variant)
                 rows.extend(
-                    report.unavailable_row(number, TITLES[number], TRANSPORTS[number], c, f"failed: {error}")
+                    report.unavailable_row(number, title, transport, c, f"failed: {error}", variant)
                     for c in options.concurrencies
                     if c not in done
                 )
         if options.paired_rounds:
             _log(f"targets: the compared cells again, interleaved, {options.paired_rounds} rounds")
             paired = interleaved_targets(kept, offline, rows, images, options, server_pids)
-        traces = kept[1].traces() if isinstance(kept.get(1), OriginalMemeflyMode) else None
+        traces = kept["1"].traces() if isinstance(kept.get("1"), OriginalMemeflyMode) else None
         for mode in kept.values():
             mode.close()
-        cpu_after = cpu_sample(list(server_pids))
+        cpu_after = cpu_sample(list(server_pids + seed_pids))
 
     wall = time.perf_counter() - started
     trainers_after = training_processes()
@@ -242,7 +327,9 @@ def run(options: BenchOptions) -> dict[str, Any]:
         "rows": rows,
         "targets": checks,
         "interleaved_target_cells": paired,
-        "caption_agreement_with_mode_3": _caption_agreement(rows),
+        "caption_agreement_with_mode_3": _caption_agreement(rows, "3"),
+        "mode1_rest_caption_agreement_with_in_process": _caption_agreement(rows, "1").get(REST_VARIANT),
+        "mode1_rest_stand_in_json_cpu_ms_per_meme": stand_in_json_ms,
         "wire_proposals": proposals,
         "profiles": profiles,
         "mode1_function_traces": traces,
@@ -253,7 +340,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
 
 
 def interleaved_targets(
-    kept: dict[int, Mode],
+    kept: dict[str, Mode],
     offline: OfflineBatchedMode | None,
     rows: list[dict[str, Any]],
     images: list[BenchImage],
@@ -263,13 +350,13 @@ def interleaved_targets(
     """The cells the targets compare, measured again round-robin (A B C A B C ...), so that a change in
     background load hits every cell alike. Per cell: memes/s over all rounds, mean latency, and each round."""
     cells: list[tuple[str, Callable[[], Measurement]]] = []
-    for number, concurrency in ((1, 1), (3, 1), (4, 1), (3, 16)):
-        if number in kept and concurrency in options.concurrencies:
-            mode = kept[number]
+    for variant, concurrency in ((REST_VARIANT, 1), ("1", 1), ("3", 1), ("4", 1), ("3", 16)):
+        if variant in kept and concurrency in options.concurrencies:
+            mode = kept[variant]
             memes = len(images) if concurrency == 1 else 2 * concurrency
             cells.append(
                 (
-                    f"{number}@{concurrency}",
+                    f"{variant}@{concurrency}",
                     lambda m=mode, c=concurrency, n=memes: closed_loop(m, images, c, n, server_pids),
                 )
             )
@@ -307,32 +394,45 @@ def _record_proposals(mode: Mode, images: list[BenchImage]) -> dict[str, Any]:
         mode.ledger.recording = None
 
 
-def _caption_agreement(rows: list[dict[str, Any]]) -> dict[str, float | None]:
-    """Per mode: the share of images whose best caption equals mode 3's (same model, same search)."""
-    reference: dict[str, str] = {}
+def _captions(rows: list[dict[str, Any]], variant: str) -> dict[str, str]:
+    """Image name → the first best caption a variant's rows found for it."""
+    captions: dict[str, str] = {}
     for row in rows:
-        if row["mode"] == 3 and row["available"]:
+        if row["variant"] == variant and row["available"]:
             for name, caption in row["captions"].items():
-                reference.setdefault(name, caption)
+                captions.setdefault(name, caption)
+    return captions
+
+
+def _caption_agreement(rows: list[dict[str, Any]], reference_variant: str) -> dict[str, float | None]:
+    """Per variant: the share of images whose best caption equals the reference's (same model, same search)."""
+    reference = _captions(rows, reference_variant)
     agreement: dict[str, float | None] = {}
-    for mode in sorted({row["mode"] for row in rows}):
-        captions: dict[str, str] = {}
-        for row in rows:
-            if row["mode"] == mode and row["available"]:
-                for name, caption in row["captions"].items():
-                    captions.setdefault(name, caption)
+    for variant in sorted({row["variant"] for row in rows}):
+        captions = _captions(rows, variant)
         shared = [name for name in captions if name in reference]
-        agreement[str(mode)] = (
-            sum(captions[name] == reference[name] for name in shared) / len(shared) if shared else None
-        )
+        agreement[variant] = sum(captions[name] == reference[name] for name in shared) / len(shared) if shared else None
     return agreement
+
+
+def _stand_in_json_ms_per_meme(mode: OriginalMemeflyRestMode, images: list[BenchImage]) -> float:
+    """One meme per image, alone, recorded; then the CPU ms per meme that the local stand-in's Python JSON
+    code spends on those exchanges (tensorflow_model_server's is C++)."""
+    from bench.seed_replica import stand_in_json_cpu_seconds
+
+    mode.recording = exchanges = []
+    try:
+        memes = len(closed_loop(mode, images, 1, len(images)).latencies)
+    finally:
+        mode.recording = None
+    return 1000 * stand_in_json_cpu_seconds(exchanges) / max(memes, 1)
 
 
 def _log_row(row: dict[str, Any]) -> None:
     load = f"batch {row['offline_batch']}" if row["offline_batch"] else f"c={row['concurrency']}"
     latency = row["latency_ms"]
     _log(
-        f"  ({row['mode']}) {load}: {row['memes']} memes, {row['memes_per_second']:.2f}/s, "
+        f"  ({row['variant']}) {load}: {row['memes']} memes, {row['memes_per_second']:.2f}/s, "
         f"p50 {latency['p50'] or 0:.0f} ms, p95 {latency['p95'] or 0:.0f} ms, {row['rpcs_per_meme']:.1f} calls/meme, "
         f"{row['bytes_per_meme'] / 1024:.1f} KiB/meme, batch {row['decode_batch_mean'] or 0:.1f}, "
         f"CPU {row['cpu_ms_per_meme'] or 0:.0f} ms/meme, others busy {row['other_processes_cpus_busy']:.2f} CPUs"
@@ -361,6 +461,7 @@ def _write(result: dict[str, Any], out_dir: Path) -> None:
             f"Model: {title}, from `{model['base_path']}`.",
             report.markdown_table(result["rows"]),
             report.targets_table(result["targets"]),
+            report.stand_in_json_note(result["mode1_rest_stand_in_json_cpu_ms_per_meme"]),
             report.proposals_table(result["wire_proposals"]),
         ]
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 from memefly.paths import REPO_ROOT
 
 STARTUP_SECONDS = 120.0
+TENSORFLOW_THREADS = 1
 
 
 def free_port() -> int:
@@ -45,8 +46,11 @@ def wait_until_available(target: str, model_name: str, process: subprocess.Popen
 
 
 @contextmanager
-def local_serving_tier(model_base_path: Path, model_name: str, log_path: Path) -> Iterator[tuple[str, int]]:
-    """(gRPC target, process id) of a fresh `python -m serving` for `<model_base_path>/<model_name>`."""
+def local_serving_tier(
+    model_base_path: Path, model_name: str, log_path: Path, rest_api_port: int | None = None
+) -> Iterator[tuple[str, int]]:
+    """(gRPC target, process id) of a fresh `python -m serving` for `<model_base_path>/<model_name>`, with
+    its REST API on `rest_api_port` if one is given (it is up once the model is: both open together)."""
     port = free_port()
     args = [
         sys.executable,
@@ -55,7 +59,13 @@ def local_serving_tier(model_base_path: Path, model_name: str, log_path: Path) -
         f"--port={port}",
         f"--model_name={model_name}",
         f"--model_base_path={(model_base_path / model_name).resolve()}",
+        # One thread per op and one op at a time: on 2 CPUs shared with the gateway, TensorFlow's
+        # default pools spend each step waking threads (README, "Why the targets are missed").
+        f"--tensorflow_intra_op_parallelism={TENSORFLOW_THREADS}",
+        f"--tensorflow_inter_op_parallelism={TENSORFLOW_THREADS}",
     ]
+    if rest_api_port is not None:
+        args.append(f"--rest_api_port={rest_api_port}")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=log_file)

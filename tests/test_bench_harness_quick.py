@@ -40,19 +40,30 @@ def bench_report(model_base_path: Path, serving_target: str, tmp_path_factory: p
     return json.loads((out_dir / "report.json").read_text())
 
 
-def _rows(report: dict, mode: int) -> list[dict]:
-    return [row for row in report["rows"] if row["mode"] == mode]
+def _rows(report: dict, variant: str) -> list[dict]:
+    return [row for row in report["rows"] if row["variant"] == variant]
+
+
+def _row_alone(report: dict, variant: str) -> dict:
+    return next(row for row in _rows(report, variant) if row["concurrency"] == 1)
 
 
 def test_every_mode_and_load_has_a_row(bench_report: dict) -> None:
-    for mode in (1, 2, 3, 4, 5):
-        assert sorted(row["concurrency"] for row in _rows(bench_report, mode)) == list(CONCURRENCIES)
-    assert [row["offline_batch"] for row in _rows(bench_report, 6)] == [OFFLINE_BATCH]
+    # Mode 1 runs twice: in-process ("1") and over the REST JSON API, as the seed deployed it ("1-rest").
+    for variant in ("1", "1-rest", "2", "3", "4", "5"):
+        assert sorted(row["concurrency"] for row in _rows(bench_report, variant)) == list(CONCURRENCIES)
+    assert [row["offline_batch"] for row in _rows(bench_report, "6")] == [OFFLINE_BATCH]
+    assert {row["transport"] for row in bench_report["rows"] if row["mode"] == 1} == {"in-process", "REST JSON"}
     for row in bench_report["rows"]:
         assert row["available"] or row["mode"] == 5, row
         if not row["available"]:
             assert "not available" in row["note"]
-    assert len(bench_report["targets"]) == 5
+    targets = {check["target"]: check for check in bench_report["targets"]}
+    assert len(targets) == 6
+    rest_target, in_process_line = (check for name, check in targets.items() if name.startswith("(1)"))
+    assert "REST" in rest_target["target"] and rest_target["passed"] is not None
+    assert in_process_line["op"] == "info" and in_process_line["passed"] is None
+    assert rest_target["measured"] > 0 and in_process_line["measured"] > 0
 
 
 def test_rows_are_consistent_counts(bench_report: dict) -> None:
@@ -81,9 +92,7 @@ def test_rows_are_consistent_counts(bench_report: dict) -> None:
 
 
 def test_modes_differ_where_they_should(bench_report: dict) -> None:
-    original, full_vocabulary, product, embedded = (
-        next(row for row in _rows(bench_report, mode) if row["concurrency"] == 1) for mode in (1, 2, 3, 4)
-    )
+    original, full_vocabulary, product, embedded = (_row_alone(bench_report, variant) for variant in "1234")
     # The original algorithm calls the model once per beam per step; the step loop once per step.
     assert original["rpcs_per_meme"] > product["rpcs_per_meme"] > 1
     assert original["decode_batch_mean"] == 1
@@ -99,3 +108,25 @@ def test_modes_differ_where_they_should(bench_report: dict) -> None:
     proposals = bench_report["wire_proposals"]["bytes_per_meme"]
     assert proposals["context_sent_once"] < proposals["as_sent"]
     assert proposals["float16_state_tensor_content"] < proposals["as_sent"]
+
+
+def test_original_memefly_over_rest_is_the_same_algorithm_with_json_on_the_wire(bench_report: dict) -> None:
+    in_process, rest = _row_alone(bench_report, "1"), _row_alone(bench_report, "1-rest")
+    # Same weights, same search, same client-side ranking: the same captions, and the same number of calls.
+    for variant in ("1", "1-rest"):
+        captions = [caption for row in _rows(bench_report, variant) for caption in row["captions"].values()]
+        assert captions and all(captions), variant
+    shared = set(in_process["captions"]) & set(rest["captions"])
+    assert shared
+    assert {name: rest["captions"][name] for name in shared} == {name: in_process["captions"][name] for name in shared}
+    assert bench_report["mode1_rest_caption_agreement_with_in_process"] == 1.0
+    assert rest["rpcs_per_meme"] == pytest.approx(in_process["rpcs_per_meme"])
+    assert set(rest["calls_per_meme_by_signature"]) == {"encode_pixels", "full_prefix_softmax"}
+    assert rest["decode_batch_mean"] == 1
+    # The image goes as a JSON float array (several bytes per pixel value), not as JPEG bytes.
+    by_category = lambda row: row["bytes_per_meme_by_category"]  # noqa: E731
+    assert rest["bytes_kind"] == "HTTP bodies"
+    assert by_category(rest)["image"] > 10 * by_category(in_process)["image"]
+    assert by_category(rest)["results"] > by_category(in_process)["results"]
+    assert by_category(rest)["framing"] > 0 and by_category(rest)["state"] == 0
+    assert bench_report["mode1_rest_stand_in_json_cpu_ms_per_meme"] > 0
