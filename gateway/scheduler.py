@@ -3,8 +3,9 @@
 As in TGI and vLLM, requests join and leave between ticks. Each tick stacks the live beams of all
 active searches into one `decode_step` call (each request's context sent once, its beams pointing at
 it through `context_index`), splits the top-k back and advances each search. Encoder calls are merged
-the same way. A lone request is never delayed; a tick waits (briefly, bounded) only while requests
-that are already encoding are about to join.
+the same way, on a thread of their own, so a new request's image never stalls the steps of the
+requests already decoding. A lone request is never delayed; a tick waits (briefly, bounded) only while
+requests whose image is already encoded are about to join.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ class _Job:
 class _EncodeJob:
     image: bytes
     deadline: float
+    joins: bool = True
+    counted: bool = False
+    """Counted in `_joining` until its search joins (or its request gives up)."""
     future: Future = field(default_factory=Future)
 
 
@@ -74,7 +78,8 @@ class BatchStats:
 
 
 class BatchScheduler:
-    """One worker thread runs every model call; request threads only enqueue and wait."""
+    """Two worker threads run every model call, one for `encode` and one for `decode_step`; request
+    threads only enqueue and wait."""
 
     def __init__(
         self,
@@ -90,26 +95,33 @@ class BatchScheduler:
         self.stats = BatchStats()
         self._jobs: list[_Job] = []
         self._encodes: list[_EncodeJob] = []
-        self._pending = 0  # requests between encode and their first decode step
+        self._joining = 0  # requests whose image is encoded and whose search has not joined yet
         self._wake = threading.Condition()
         self._closed = False
-        self._worker = threading.Thread(target=self._run, name="batch-scheduler", daemon=True)
-        self._worker.start()
+        self._workers = [
+            threading.Thread(target=self._run_encoder, name="batch-scheduler-encode", daemon=True),
+            threading.Thread(target=self._run, name="batch-scheduler-decode", daemon=True),
+        ]
+        for worker in self._workers:
+            worker.start()
 
     # Request side -----------------------------------------------------------------------------
 
-    def encode(self, image: bytes, deadline: float) -> np.ndarray:
-        """The context row for one image; blocks until the merged `encode` call returns."""
-        job = _EncodeJob(image, deadline)
+    def encode(self, image: bytes, deadline: float, joins: bool = True) -> np.ndarray:
+        """The context row for one image; blocks until the merged `encode` call returns. `joins`: a
+        `decode` for this request follows at once, so the next tick may wait a moment for it."""
+        job = _EncodeJob(image, deadline, joins=joins)
         with self._wake:
             self._check_open()
             self._encodes.append(job)
-            self._pending += 1
-            self._wake.notify()
+            self._wake.notify_all()
         try:
             return self._wait(job.future, deadline)
         except BaseException:
-            self._left_pending()
+            with self._wake:
+                if job.counted:
+                    self._joining = max(0, self._joining - 1)
+                    job.counted = False
             raise
 
     def decode(
@@ -125,8 +137,8 @@ class BatchScheduler:
         with self._wake:
             self._check_open()
             self._jobs.append(job)
-            self._pending = max(0, self._pending - 1)
-            self._wake.notify()
+            self._joining = max(0, self._joining - 1)
+            self._wake.notify_all()
         try:
             return self._wait(job.future, deadline)
         finally:
@@ -135,13 +147,9 @@ class BatchScheduler:
     def close(self) -> None:
         with self._wake:
             self._closed = True
-            self._wake.notify()
-        self._worker.join(timeout=5)
-
-    def _left_pending(self) -> None:
-        with self._wake:
-            self._pending = max(0, self._pending - 1)
-            self._wake.notify()
+            self._wake.notify_all()
+        for worker in self._workers:
+            worker.join(timeout=5)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -164,18 +172,25 @@ class BatchScheduler:
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not self._closed and not self._encodes and not self._jobs:
+                while not self._closed and not self._jobs:
                     self._wake.wait()
                 if self._closed:
                     self._fail_all(RuntimeError("the scheduler is shut down"))
                     return
-                # Requests already encoding will join this tick if we wait a moment for them.
-                if self._pending and not self._encodes and self.batch_wait_seconds > 0:
+                # Requests whose image is encoded join this tick if we wait a moment for them.
+                if self._joining and self.batch_wait_seconds > 0:
                     self._wake.wait(self.batch_wait_seconds)
-                encodes, self._encodes = self._encodes, []
-            if encodes:
-                self._run_encodes(encodes)
             self._run_decode_tick()
+
+    def _run_encoder(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and not self._encodes:
+                    self._wake.wait()
+                if self._closed:
+                    return
+                encodes, self._encodes = self._encodes, []
+            self._run_encodes(encodes)
 
     def _run_encodes(self, jobs: list[_EncodeJob]) -> None:
         now = time.monotonic()
@@ -193,6 +208,10 @@ class BatchScheduler:
             return
         self.stats.encode_calls += 1
         self.stats.encode_images += len(live)
+        with self._wake:
+            for job in live:
+                job.counted = job.joins
+            self._joining += sum(job.joins for job in live)
         for job, context in zip(live, contexts, strict=True):
             _settle(job.future, context)
 

@@ -111,3 +111,47 @@ def test_a_withdrawn_request_stops_decoding(session: ModelSession, images: list[
             images[0], SearchSettings(beam_width=3, max_length=12), CaptionRequest(cancel=cancel)
         )
     assert time.monotonic() - started < 10
+
+
+class _EncoderThatWaits(EmbeddedBackend):
+    """The real model, except that encoding `held` blocks until released (a slow upload's encode), and
+    decoding waits until that encode has begun, so the request decoding overlaps it for sure."""
+
+    def __init__(self, model_base_path: Path, held: bytes) -> None:
+        super().__init__(model_base_path, MODEL_NAME)
+        self.held = held
+        self.encoding_held = threading.Event()
+        self.release = threading.Event()
+
+    def encode(self, image_bytes: list[bytes]) -> np.ndarray:
+        if self.held in image_bytes:
+            self.encoding_held.set()
+            self.release.wait(timeout=60)
+        return super().encode(image_bytes)
+
+    def decode_step(self, *args, **kwargs):
+        self.encoding_held.wait(timeout=30)
+        return super().decode_step(*args, **kwargs)
+
+
+def test_a_new_requests_encode_does_not_stall_requests_already_decoding(model_base_path: Path) -> None:
+    held = photo_jpeg("rocket")
+    backend = _EncoderThatWaits(model_base_path, held)
+    session = ModelSession(backend)
+    settings = SearchSettings(beam_width=3, n_best=1, max_length=12)
+    try:
+        captioner = session.captioner()
+        with ThreadPoolExecutor(2) as pool:
+            decoding = pool.submit(captioner.caption, photo_jpeg("chelsea"), settings)
+            while captioner.scheduler.stats.encode_calls == 0:
+                time.sleep(0.01)
+            waiting = pool.submit(captioner.caption, held, settings)
+            # The first request decodes to the end while the second one's encode is held.
+            alone = decoding.result(timeout=60)
+            assert not waiting.done()
+            backend.release.set()
+            assert waiting.result(timeout=60).captions
+        assert alone.captions
+    finally:
+        backend.release.set()
+        session.close()
