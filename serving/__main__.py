@@ -79,6 +79,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     flag("--enable_model_warmup", "replay assets.extra/tf_serving_warmup_requests before serving", default=True)
     parser.add_argument("--num_request_iterations_for_warmup", type=int, default=0, help="used if > 0; default 1")
     parser.add_argument("--grpc_max_threads", type=int, default=4 * CPUS, help="gRPC worker threads")
+    parser.add_argument(
+        "--tensorflow_intra_op_parallelism", type=int, default=0, help="threads within one op; 0: TensorFlow picks"
+    )
+    parser.add_argument(
+        "--tensorflow_inter_op_parallelism", type=int, default=0, help="ops run at once; 0: TensorFlow picks"
+    )
     flag("--enable_serialization_as_tensor_content", "send Predict outputs as tensor_content, not *_val fields")
     parser.add_argument(
         "--sagemaker_port", type=int, default=0, help="(stand-in only) SageMaker container port; 0 turns it off"
@@ -86,6 +92,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.port <= 0:
         parser.error("--port must be positive: this stand-in always serves gRPC")
+    if args.tensorflow_intra_op_parallelism < 0 or args.tensorflow_inter_op_parallelism < 0:
+        parser.error("--tensorflow_intra_op_parallelism and --tensorflow_inter_op_parallelism must be >= 0")
     if args.grpc_max_threads <= 0 or args.rest_api_num_threads <= 0:
         parser.error("--grpc_max_threads and --rest_api_num_threads must be positive")
     if not args.model_base_path and not args.model_config_file:
@@ -101,7 +109,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Imported after argument parsing so that --help and flag errors do not wait for TensorFlow.
+    import tensorflow as tf
+
     from serving.tier import ServingTier, TierOptions
+
+    # Before any model loads: TensorFlow fixes its thread pools when its runtime starts.
+    tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
+    tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
+    logging.getLogger("serving").info(
+        "TensorFlow thread pools: intra-op %d, inter-op %d (0: TensorFlow picks)",
+        tf.config.threading.get_intra_op_parallelism_threads(),
+        tf.config.threading.get_inter_op_parallelism_threads(),
+    )
 
     tier = ServingTier(
         TierOptions(
