@@ -19,6 +19,7 @@ from export.tokenizer import Tokenizer
 from export.warmup import write_warmup_requests
 from memefly.contract import (
     DECODE_STEP,
+    DECODE_STEP_REST,
     ENCODE,
     GENERATE,
     GENERATE_SIGNATURE,
@@ -34,7 +35,7 @@ from memefly.contract import (
     SignatureSpec,
 )
 
-_DTYPES = {"string": tf.string, "int32": tf.int32, "float32": tf.float32}
+_DTYPES = {"string": tf.string, "int32": tf.int32, "float32": tf.float32, "float16": tf.float16}
 
 
 def input_signature(spec: SignatureSpec) -> list[tf.TensorSpec]:
@@ -56,7 +57,11 @@ class CaptionModule(tf.Module):
         banned = [contract.special_tokens[t] for t in (PAD, START)]
         self.banned_mask = tf.constant([-1e9 if i in banned else 0.0 for i in range(contract.vocab_size)], tf.float32)
         self.encode = tf.function(self._encode, input_signature=input_signature(contract.encode))
+        self.state_dtype = _DTYPES[contract.state_dtype]
         self.decode_step = tf.function(self._decode_step, input_signature=input_signature(contract.decode_step))
+        self.decode_step_rest = tf.function(
+            self._decode_step, input_signature=input_signature(contract.decode_step_rest)
+        )
         self.metadata = tf.function(self._metadata, input_signature=[])
         self.metadata_rest = tf.function(self._metadata_rest, input_signature=input_signature(METADATA_REST_SIGNATURE))
         self.tokenize = tf.function(self._tokenize, input_signature=input_signature(TOKENIZE_SIGNATURE))
@@ -71,8 +76,10 @@ class CaptionModule(tf.Module):
     def _decode_step(
         self, tokens: tf.Tensor, state: tf.Tensor, context: tf.Tensor, context_index: tf.Tensor, k: tf.Tensor
     ) -> dict[str, tf.Tensor]:
-        top_log_probs, top_ids, new_state = self._next_candidates(tokens, state, tf.gather(context, context_index), k)
-        return {"top_log_probs": top_log_probs, "top_ids": top_ids, "state": new_state}
+        top_log_probs, top_ids, new_state = self._next_candidates(
+            tokens, tf.cast(state, tf.float32), tf.gather(context, context_index), k
+        )
+        return {"top_log_probs": top_log_probs, "top_ids": top_ids, "state": tf.cast(new_state, state.dtype)}
 
     def _next_candidates(
         self, tokens: tf.Tensor, state: tf.Tensor, context_rows: tf.Tensor, k: tf.Tensor
@@ -83,6 +90,8 @@ class CaptionModule(tf.Module):
         log_probs = tf.nn.log_softmax(logits + self.banned_mask)
         k = tf.clip_by_value(k, 1, tf.shape(log_probs)[-1])
         top = tf.math.top_k(log_probs, k=k)
+        # Rounded as it would be on the wire, so `generate` and every transport step through equal states.
+        new_state = tf.cast(tf.cast(new_state, self.state_dtype), tf.float32)
         return top.values, tf.cast(top.indices, tf.int32), new_state
 
     def _generate(
@@ -160,6 +169,7 @@ def caption_module(
         image_size=encoder.image_size,
         state_size=decoder.state_size,
         context_shape=decoder.context_shape,
+        state_dtype=decoder.state_dtype,
     )
     return CaptionModule(encoder, decoder, tokenizer, contract)
 
@@ -178,19 +188,18 @@ def export_saved_model(module: CaptionModule, model_dir: Path, version: int | No
         raise FileExistsError(f"{target} exists; versions are immutable, pick a new one")
     staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir))
     try:
-        tf.saved_model.save(
-            module,
-            str(staging),
-            signatures={
-                ENCODE: module.encode,
-                DECODE_STEP: module.decode_step,
-                METADATA: module.metadata,
-                METADATA_REST: module.metadata_rest,
-                TOKENIZE: module.tokenize,
-                SCORE: module.score,
-                GENERATE: module.generate,
-            },
-        )
+        signatures = {
+            ENCODE: module.encode,
+            DECODE_STEP: module.decode_step,
+            METADATA: module.metadata,
+            METADATA_REST: module.metadata_rest,
+            TOKENIZE: module.tokenize,
+            SCORE: module.score,
+            GENERATE: module.generate,
+        }
+        if module.contract.decode_step_rest.name == DECODE_STEP_REST:
+            signatures[DECODE_STEP_REST] = module.decode_step_rest
+        tf.saved_model.save(module, str(staging), signatures=signatures)
         write_warmup_requests(staging, module.contract)
         staging.rename(target)
     finally:

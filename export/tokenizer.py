@@ -8,11 +8,13 @@ sequence the gateway splits again for rendering.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
 
 import tensorflow as tf
 
 from memefly.contract import BOX_SEPARATOR_TEXT, SEP, SPECIAL_TOKENS, UNK
+from memefly.text import caption_text
+
+__all__ = ["Tokenizer", "build_vocabulary", "caption_text", "split_words", "write_vocabulary"]
 
 
 def split_words(text: tf.Tensor) -> tf.RaggedTensor:
@@ -25,11 +27,6 @@ def split_words(text: tf.Tensor) -> tf.RaggedTensor:
     text = tf.strings.regex_replace(text, r"([^\pL\pN\s'])", r" \1 ")
     text = tf.strings.regex_replace(text, r"[ \t\r\f\v]*" + BOX_SEPARATOR_TEXT + r"\s*", f" {SEP} ")
     return tf.strings.split(tf.strings.strip(text))
-
-
-def caption_text(boxes: Iterable[str]) -> str:
-    """The tokenizer's input for a caption given as text boxes."""
-    return BOX_SEPARATOR_TEXT.join(box.replace(BOX_SEPARATOR_TEXT, " ") for box in boxes)
 
 
 def build_vocabulary(texts: list[str], max_size: int, min_count: int, batch_size: int = 4096) -> list[str]:

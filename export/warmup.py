@@ -16,6 +16,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from memefly.contract import (
     DECODE_STEP,
+    DECODE_STEP_REST,
     ENCODE,
     GENERATE,
     METADATA,
@@ -42,15 +43,20 @@ def warmup_inputs(contract: ModelContract) -> dict[str, dict[str, np.ndarray]]:
     context = np.zeros((1, *contract.context_shape), np.float32)
     image = np.array([warmup_jpeg()], dtype=object)
     beams = 2
-    return {
-        ENCODE: {"image_bytes": image},
-        DECODE_STEP: {
+
+    def step(state_dtype: str) -> dict[str, np.ndarray]:
+        return {
             "tokens": np.full(beams, contract.start_id, np.int32),
-            "state": np.zeros((beams, contract.state_size), np.float32),
+            "state": np.zeros((beams, contract.state_size), state_dtype),
             "context": context,
             "context_index": np.zeros(beams, np.int32),
             "k": np.int32(2 * beams),
-        },
+        }
+
+    return {
+        ENCODE: {"image_bytes": image},
+        DECODE_STEP: step(contract.state_dtype),
+        DECODE_STEP_REST: step("float32"),
         METADATA: {},
         METADATA_REST: {"unused": np.int32(0)},
         TOKENIZE: {"text": np.array([WARMUP_TEXT.encode()], dtype=object)},
@@ -69,11 +75,13 @@ def warmup_inputs(contract: ModelContract) -> dict[str, dict[str, np.ndarray]]:
 
 def warmup_records(contract: ModelContract) -> list[prediction_log_pb2.PredictionLog]:
     inputs = warmup_inputs(contract)
-    missing = {spec.name for spec in signatures(contract)} - set(inputs)
+    exported = [spec.name for spec in signatures(contract)]
+    missing = set(exported) - set(inputs)
     if missing:
         raise ValueError(f"no warm-up request for signature(s) {sorted(missing)}: add them to warmup_inputs")
     records = []
-    for signature_name, tensors in inputs.items():
+    for signature_name in exported:
+        tensors = inputs[signature_name]
         request = predict_pb2.PredictRequest()
         request.model_spec.name = contract.model_name
         request.model_spec.signature_name = signature_name

@@ -16,9 +16,10 @@ import numpy as np
 
 from gateway.backends import ModelBackend, ModelInfo, ModelVersionGoneError
 from gateway.backends.base import GenerateBackend
+from gateway.rerank import blank_image_jpeg, most_specific, specificity
 from gateway.scheduler import BatchScheduler
 from gateway.search import BeamSearch, Hypothesis, Sampling, SamplingSettings, SearchSettings
-from memefly.text import ids_to_boxes
+from memefly.text import caption_text, ids_to_boxes
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ class Caption:
     boxes: list[str]
     score: float
     log_prob: float
+    specificity: float | None = None
+    """log P(caption | image) − log P(caption | blank image), when sampled captions were re-ranked by it."""
 
     @property
     def text(self) -> str:
@@ -61,6 +64,8 @@ class Captioner:
         self.backend = backend
         self.info = info
         self.scheduler = scheduler
+        self._blank_context: np.ndarray | None = None
+        self._blank_lock = threading.Lock()
 
     def search_settings(
         self, beam_width: int, n_best: int, length_penalty: float, max_length: int | None
@@ -101,6 +106,9 @@ class Captioner:
             rng = np.random.default_rng(request.seed)
             context = context + rng.normal(0.0, request.context_noise * float(context.std()), context.shape)
             context = context.astype(np.float32)
+        rerank = isinstance(settings, SamplingSettings) and settings.rerank > 1
+        if rerank:
+            wanted, settings = settings.n, replace(settings, n=settings.n * settings.rerank)
         decoding = BeamSearch if isinstance(settings, SearchSettings) else Sampling
         search = decoding(
             settings,
@@ -113,12 +121,33 @@ class Captioner:
             pad_id=contract.pad_id,
         )
         rpcs += self.scheduler.decode(search, context, deadline, request.cancel)
-        return self._result(search.results(), rpcs)
+        result = self._result(search.results(), rpcs)
+        return self._most_specific(result, context, wanted, deadline) if rerank else result
 
     def _result(self, hypotheses: list[Hypothesis], rpcs: int) -> CaptionResult:
         vocabulary, contract = self.info.vocabulary, self.info.contract
         captions = [Caption(ids_to_boxes(h.ids, vocabulary, contract), h.score, h.log_prob) for h in hypotheses]
         return CaptionResult([c for c in captions if c.boxes], self.info.name, self.info.version, rpcs)
+
+    def _most_specific(self, result: CaptionResult, context: np.ndarray, n: int, deadline: float) -> CaptionResult:
+        """Keep the `n` sampled captions the image explains best: one `score` call over image and blank."""
+        if not result.captions:
+            return result
+        rpcs = result.rpcs
+        if self._blank_context is None:
+            with self._blank_lock:
+                if self._blank_context is None:
+                    self._blank_context = self.scheduler.encode(blank_image_jpeg(), deadline, joins=False)
+                    rpcs += 1
+        texts = [caption_text(c.boxes) for c in result.captions]
+        count = len(texts)
+        contexts = np.concatenate(
+            [np.repeat(context[None], count, axis=0), np.repeat(self._blank_context[None], count, axis=0)]
+        )
+        log_probs = self.backend.score(contexts, texts + texts)
+        scores = specificity(log_probs[:count], log_probs[count:])
+        captions = [replace(result.captions[i], specificity=float(scores[i])) for i in most_specific(scores, texts, n)]
+        return replace(result, captions=captions, rpcs=rpcs + 1)
 
 
 class ModelSession:

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     beam_width: int = Field(4, ge=1, le=16)
     n_best: int = Field(3, ge=1, le=16)
     length_penalty: float = 1.0
+    sampling_rerank: int = Field(4, ge=1, le=8)
+    """Sampling draws this many captions per caption returned and keeps the most image-specific."""
     max_length: int | None = Field(None, ge=1)
     """Caps the model's own maximum caption length."""
 

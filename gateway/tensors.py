@@ -56,7 +56,11 @@ def proto_to_array(proto: tensor_pb2.TensorProto) -> np.ndarray:
         raise TypeError(f"unsupported TensorProto dtype {types_pb2.DataType.Name(proto.dtype)}")
     if proto.tensor_content:
         return np.frombuffer(proto.tensor_content, dtype=dtype).reshape(shape)
-    values = np.array(getattr(proto, _VALUE_FIELDS[proto.dtype]), dtype=dtype)
+    if proto.dtype == types_pb2.DT_HALF:
+        # `half_val` carries each float16's bit pattern in an int32.
+        values = np.array(proto.half_val, dtype=np.uint16).view(np.float16)
+    else:
+        values = np.array(getattr(proto, _VALUE_FIELDS[proto.dtype]), dtype=dtype)
     # A single repeated value stands for the whole tensor (TF's compact encoding).
     if values.size == 1 and np.prod(shape) != 1:
         return np.full(shape, values[0], dtype=dtype)

@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass, field
 
 ENCODE = "encode"
 DECODE_STEP = "decode_step"
+DECODE_STEP_REST = "decode_step_rest"
+"""`decode_step` with a float32 state, exported when `decode_step`'s state is float16: TF Serving's REST
+API (all a SageMaker endpoint offers) cannot turn JSON numbers into `half`."""
 METADATA = "metadata"
 METADATA_REST = "metadata_rest"
 """`metadata` with one ignored int32 scalar input `unused`: TF Serving's REST API (all a SageMaker
@@ -33,7 +36,7 @@ class TensorSpec:
     """One named tensor of a signature. `shape` uses None for a free dimension; `()` is a scalar."""
 
     name: str
-    dtype: str  # "string", "int32" or "float32"
+    dtype: str  # "string", "int32", "float32" or "float16"
     shape: tuple[int | None, ...]
 
 
@@ -59,18 +62,22 @@ def encode_signature(context_shape: tuple[int, ...]) -> SignatureSpec:
     )
 
 
-def decode_step_signature(context_shape: tuple[int, ...], state_size: int) -> SignatureSpec:
+def decode_step_signature(
+    context_shape: tuple[int, ...], state_size: int, state_dtype: str = "float32", name: str = DECODE_STEP
+) -> SignatureSpec:
     """One step for N beams of R requests.
 
     `context_index[i]` is the row of `context` beam i belongs to, gathered in-graph, so a request's
     context crosses the wire once per step rather than once per beam. Top-k is taken in-graph, so no
-    full-vocabulary logits cross the wire.
+    full-vocabulary logits cross the wire. The state crosses twice per step, so it travels as
+    `state_dtype` (float16 for the GRU: half the bytes); the model rounds it so on every step, whichever
+    way it is called, so every transport and `generate` see the same numbers.
     """
     return SignatureSpec(
-        DECODE_STEP,
+        name,
         inputs=(
             TensorSpec("tokens", "int32", (None,)),
-            TensorSpec("state", "float32", (None, state_size)),
+            TensorSpec("state", state_dtype, (None, state_size)),
             TensorSpec("context", "float32", (None, *context_shape)),
             TensorSpec("context_index", "int32", (None,)),
             TensorSpec("k", "int32", ()),
@@ -78,7 +85,7 @@ def decode_step_signature(context_shape: tuple[int, ...], state_size: int) -> Si
         outputs=(
             TensorSpec("top_log_probs", "float32", (None, None)),
             TensorSpec("top_ids", "int32", (None, None)),
-            TensorSpec("state", "float32", (None, state_size)),
+            TensorSpec("state", state_dtype, (None, state_size)),
         ),
     )
 
@@ -150,6 +157,8 @@ class ModelContract:
     image_size: int
     state_size: int
     context_shape: tuple[int, ...]
+    state_dtype: str = "float32"
+    """How `decode_step`'s state travels; models exported before it existed send float32."""
     special_tokens: dict[str, int] = field(default_factory=lambda: {token: i for i, token in enumerate(SPECIAL_TOKENS)})
 
     @property
@@ -178,7 +187,14 @@ class ModelContract:
 
     @property
     def decode_step(self) -> SignatureSpec:
-        return decode_step_signature(self.context_shape, self.state_size)
+        return decode_step_signature(self.context_shape, self.state_size, self.state_dtype)
+
+    @property
+    def decode_step_rest(self) -> SignatureSpec:
+        """The step signature a JSON client calls: `decode_step` itself when its state is float32."""
+        if self.state_dtype == "float32":
+            return self.decode_step
+        return decode_step_signature(self.context_shape, self.state_size, "float32", DECODE_STEP_REST)
 
     @property
     def score(self) -> SignatureSpec:
@@ -201,9 +217,11 @@ METADATA_REST_SIGNATURE = SignatureSpec(
 
 def signatures(contract: ModelContract) -> tuple[SignatureSpec, ...]:
     """Every signature a model of this contract exports."""
+    rest_twin = (contract.decode_step_rest,) if contract.decode_step_rest.name != DECODE_STEP else ()
     return (
         contract.encode,
         contract.decode_step,
+        *rest_twin,
         METADATA_SIGNATURE,
         METADATA_REST_SIGNATURE,
         TOKENIZE_SIGNATURE,

@@ -6,9 +6,9 @@ two directions never drift apart: the model decides what a token is, this only j
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-from memefly.contract import ModelContract
+from memefly.contract import BOX_SEPARATOR_TEXT, ModelContract
 
 NO_SPACE_BEFORE = set(".,!?;:%)]}…")
 NO_SPACE_AFTER = set("([{#$")
@@ -21,6 +21,11 @@ def join_tokens(words: Sequence[str]) -> str:
         glue = not text or text[-1] in NO_SPACE_AFTER or (word and word[0] in NO_SPACE_BEFORE)
         text += word if glue else " " + word
     return text
+
+
+def caption_text(boxes: Iterable[str]) -> str:
+    """The model's text input (`tokenize`, `score`) for a caption given as text boxes."""
+    return BOX_SEPARATOR_TEXT.join(box.replace(BOX_SEPARATOR_TEXT, " ") for box in boxes)
 
 
 def ids_to_boxes(ids: Sequence[int], vocabulary: Sequence[str], contract: ModelContract) -> list[str]:

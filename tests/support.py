@@ -76,7 +76,7 @@ def assert_signatures_follow_the_contract(loaded, contract) -> None:
 
     from memefly.contract import signatures
 
-    dtypes = {"string": tf.string, "int32": tf.int32, "float32": tf.float32}
+    dtypes = {"string": tf.string, "int32": tf.int32, "float32": tf.float32, "float16": tf.float16}
     assert set(loaded.signatures) == {spec.name for spec in signatures(contract)}
     for spec in signatures(contract):
         function = loaded.signatures[spec.name]
@@ -100,7 +100,7 @@ def assert_score_equals_summed_decode_step_log_probs(loaded, contract, context, 
     from memefly.contract import DECODE_STEP, SCORE, TOKENIZE
 
     ids = loaded.signatures[TOKENIZE](text=tf.constant([text]))["ids"].numpy()[0].tolist() + [contract.end_id]
-    state = tf.zeros([1, contract.state_size])
+    state = tf.zeros([1, contract.state_size], contract.state_dtype)
     token, total = contract.start_id, 0.0
     for target in ids:
         step = loaded.signatures[DECODE_STEP](

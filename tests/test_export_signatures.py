@@ -55,7 +55,7 @@ def test_encode_and_decode_step_run_with_contract_shapes(loaded, contract: Model
     n, k = 5, 7
     outputs = loaded.signatures[DECODE_STEP](
         tokens=tf.fill([n], contract.start_id),
-        state=tf.zeros([n, contract.state_size]),
+        state=tf.zeros([n, contract.state_size], contract.state_dtype),
         context=context,
         context_index=tf.constant([0, 0, 1, 1, 1]),
         k=tf.constant(k),
@@ -78,7 +78,7 @@ def test_decode_step_k_is_clipped_to_the_vocabulary(loaded, contract: ModelContr
     context = loaded.signatures[ENCODE](image_bytes=tf.constant([chelsea_jpeg]))["context"]
     outputs = loaded.signatures[DECODE_STEP](
         tokens=tf.constant([contract.start_id]),
-        state=tf.zeros([1, contract.state_size]),
+        state=tf.zeros([1, contract.state_size], contract.state_dtype),
         context=context,
         context_index=tf.constant([0]),
         k=tf.constant(contract.vocab_size + 50),

@@ -97,6 +97,30 @@ def test_both_backends_give_the_same_captions(clients: dict[str, TestClient], ch
     assert embedded["rpcs"] == tfserving["rpcs"]
 
 
+def test_sampled_captions_come_most_image_specific_first_unless_rerank_is_one(
+    clients: dict[str, TestClient], chelsea_jpeg: bytes
+) -> None:
+    image = base64.b64encode(chelsea_jpeg).decode()
+    answers = {}
+    for rerank in (None, 1):
+        response = clients["tfserving"].post(
+            "/v1/memes",
+            json={"image": image, "n": 3, "decoding": "sample", "seed": 5, "rerank": rerank},
+            headers={"Accept": "application/json"},
+        )
+        assert response.status_code == 200, response.text
+        answers[rerank] = response.json()["captions"]
+    specificity = [c["specificity"] for c in answers[None]]
+    assert len(specificity) == 3
+    assert specificity == sorted(specificity, reverse=True)
+    assert all(c["specificity"] is None for c in answers[1])
+
+    response = clients["tfserving"].post(
+        "/v1/memes", json={"image": image, "decoding": "sample", "rerank": 9}, headers={"Accept": "application/json"}
+    )
+    assert response.status_code == 422
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_image_upload_gets_a_4xx_json_error(clients: dict[str, TestClient], backend: str) -> None:
     response = clients[backend].post(

@@ -66,7 +66,7 @@ class Model:
             step = self.call(
                 DECODE_STEP,
                 tokens=tf.constant(search.tokens),
-                state=tf.constant(search.state),
+                state=tf.constant(search.state, contract.state_dtype),
                 context=tf.constant(context),
                 context_index=tf.zeros([search.num_live], tf.int32),
                 k=tf.constant(search.k),

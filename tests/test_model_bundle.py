@@ -46,7 +46,7 @@ def test_bundle_holds_only_small_files_and_assembles_to_the_same_model(
     np.testing.assert_allclose(context, rebuilt_context, atol=0.01)
     inputs = {
         "tokens": tf.constant([1, 5]),
-        "state": tf.zeros([2, tiny_training.contract.state_size]),
+        "state": tf.zeros([2, tiny_training.contract.state_size], tiny_training.contract.state_dtype),
         "context": context,
         "context_index": tf.constant([0, 0]),
         "k": tf.constant(5),
@@ -75,7 +75,13 @@ def test_evaluation_report_has_every_metric(tiny_training, tmp_path: Path, data_
     assert 0 <= report["template_retrieval_top1"] <= 1 and report["template_retrieval_captions"] > 0
     assert report["templates_sampled"] == 8
     assert 0 <= report["template_retrieval_top1_human_captions"] <= 1
-    assert set(report["by_decoding"]) == {"sampling T=0.7", "sampling T=0.5", "beam search, n-best"}
+    assert report["sampling_rerank"] == 4
+    assert set(report["by_decoding"]) == {
+        "sampling T=1.0, no re-ranking",
+        "sampling T=0.7, no re-ranking",
+        "sampling T=0.5, no re-ranking",
+        "beam search, n-best",
+    }
     assert all(
         0 <= r["template_retrieval_top1"] <= 1 and 0 < r["distinct_2"] <= 1 for r in report["by_decoding"].values()
     )

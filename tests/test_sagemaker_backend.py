@@ -34,10 +34,13 @@ from gateway.backends.sagemaker import (
     SageMakerGenerateBackend,
 )
 from gateway.search import SearchSettings
+from memefly.contract import DECODE_STEP_REST
 from tests.support import MODEL_NAME, free_port, photo_jpeg, serving_process
 
 STARTUP_SECONDS = 90
 PLAIN = "plain"
+STEP_OVER_JSON = DECODE_STEP_REST
+"""The tiny GRU sends float16 state, which JSON cannot carry: its step loop calls the float32 twin."""
 REGION = "us-east-1"
 
 
@@ -45,7 +48,7 @@ def export_with_rest_metadata(module, model_dir: Path) -> None:
     """What the export would write with the proposed `metadata_rest` signature."""
     import tensorflow as tf
 
-    from memefly.contract import DECODE_STEP, ENCODE, METADATA, SCORE, TOKENIZE
+    from memefly.contract import DECODE_STEP, DECODE_STEP_REST, ENCODE, METADATA, SCORE, TOKENIZE
 
     wrapper = tf.Module()
     wrapper.model = module
@@ -63,6 +66,7 @@ def export_with_rest_metadata(module, model_dir: Path) -> None:
     signatures = {
         ENCODE: module.encode,
         DECODE_STEP: module.decode_step,
+        DECODE_STEP_REST: module.decode_step_rest,
         METADATA: module.metadata,
         TOKENIZE: module.tokenize,
         SCORE: module.score,
@@ -159,6 +163,19 @@ def test_tokenize_over_sagemaker_gives_the_models_ids(endpoint_url: str) -> None
         model_backend.close()
 
 
+def test_score_over_sagemaker_equals_the_in_process_score(endpoint_url: str, model_base_path: Path) -> None:
+    from gateway.backends.embedded import EmbeddedBackend
+
+    embedded = EmbeddedBackend(model_base_path, MODEL_NAME)
+    model_backend = backend(endpoint_url, model_version=1)
+    try:
+        context = embedded.encode([photo_jpeg("coffee"), photo_jpeg("rocket")])
+        texts = ["when you see it", "one does not simply\nwalk into mordor"]
+        assert model_backend.score(context, texts) == pytest.approx(embedded.score(context, texts), abs=1e-4)
+    finally:
+        model_backend.close()
+
+
 def test_unpinned_backend_reports_version_zero(endpoint_url: str) -> None:
     model_backend = backend(endpoint_url)
     try:
@@ -184,7 +201,7 @@ def test_tensors_of_the_wrong_shape_are_a_value_error_naming_the_signature(endpo
         info = model_backend.load_metadata()
         context = model_backend.encode([photo_jpeg()])
         wrong_state = np.zeros((1, info.contract.state_size + 1), np.float32)
-        with pytest.raises(ValueError, match="the model rejected the decode_step input: "):
+        with pytest.raises(ValueError, match="the model rejected the decode_step_rest input: "):
             model_backend.decode_step(
                 np.array([info.contract.start_id]), wrong_state, context, np.zeros(1, np.int32), 3
             )
@@ -314,7 +331,7 @@ def test_generate_mode_gives_the_step_loops_captions(
         answers[mode] = response.json()
 
     assert made["generate"] == Counter({"generate": 1}) and answers["generate"]["rpcs"] == 1
-    assert "generate" not in made["step_loop"] and made["step_loop"]["decode_step"] >= 2
+    assert "generate" not in made["step_loop"] and made["step_loop"][STEP_OVER_JSON] >= 2
     generated, stepped = answers["generate"]["captions"], answers["step_loop"]["captions"]
     assert generated, "no caption"
     assert [c["boxes"] for c in generated] == [c["boxes"] for c in stepped]
@@ -326,6 +343,12 @@ def test_sampling_in_generate_mode_takes_the_step_loop(
 ) -> None:
     _, calls = counted_endpoint
     response, made = _meme(gateways["generate"], calls, chelsea_jpeg, json=True, decoding="sample", seed="7")
+    plain, plain_made = _meme(
+        gateways["generate"], calls, chelsea_jpeg, json=True, decoding="sample", seed="7", rerank="1"
+    )
 
-    assert "generate" not in made and made["encode"] == 1 and made["decode_step"] >= 1
+    # Re-ranking adds one `score` call, and the blank image's `encode` the first time.
+    assert "generate" not in made and made["encode"] == 2 and made["score"] == 1 and made[STEP_OVER_JSON] >= 1
+    assert "generate" not in plain_made and plain_made["encode"] == 1 and "score" not in plain_made
     assert response.json()["rpcs"] == sum(made.values())
+    assert plain.json()["rpcs"] == sum(plain_made.values())

@@ -434,6 +434,8 @@ def test_caption_encode_over_rest_gives_the_grpc_context(caption_rest, caption_s
 
 
 def test_caption_decode_step_over_rest_gives_the_grpc_outputs(caption_rest, caption_stub, contract) -> None:
+    # The GRU's `decode_step` state is float16, which JSON cannot carry; its float32 twin is the REST one.
+    signature = contract.decode_step_rest.name
     rng = np.random.default_rng(0)
     inputs = {
         "tokens": np.array([contract.start_id, 7, 9], np.int32),
@@ -442,16 +444,43 @@ def test_caption_decode_step_over_rest_gives_the_grpc_outputs(caption_rest, capt
         "context_index": np.array([0, 1, 1], np.int32),
         "k": np.int32(4),
     }
-    body = {"signature_name": DECODE_STEP, "inputs": {name: value.tolist() for name, value in inputs.items()}}
+    body = {"signature_name": signature, "inputs": {name: value.tolist() for name, value in inputs.items()}}
 
     response = caption_rest.post(f"/v1/models/{MODEL_NAME}:predict", json=body)
 
     assert response.status_code == 200, response.text
     outputs = response.json()["outputs"]
-    expected = grpc_predict(caption_stub, DECODE_STEP, inputs, MODEL_NAME)
+    expected = grpc_predict(caption_stub, signature, inputs, MODEL_NAME)
     assert outputs["top_ids"] == expected["top_ids"].tolist()
     np.testing.assert_array_equal(np.array(outputs["top_log_probs"], np.float32), expected["top_log_probs"])
     np.testing.assert_array_equal(np.array(outputs["state"], np.float32), expected["state"])
+
+
+def test_a_float16_decode_step_state_is_grpc_only_as_in_tf_serving(caption_rest, caption_stub, contract) -> None:
+    assert contract.state_dtype == "float16"
+    inputs = {
+        "tokens": np.array([contract.start_id], np.int32),
+        "state": np.zeros((1, contract.state_size), np.float16),
+        "context": np.zeros((1, *contract.context_shape), np.float32),
+        "context_index": np.array([0], np.int32),
+        "k": np.int32(2),
+    }
+    body = {"signature_name": DECODE_STEP, "inputs": {name: value.tolist() for name, value in inputs.items()}}
+
+    response = caption_rest.post(f"/v1/models/{MODEL_NAME}:predict", json=body)
+
+    assert response.status_code == 501, response.text
+    assert "to type: half" in response.json()["error"]
+    over_grpc = grpc_predict(caption_stub, DECODE_STEP, inputs, MODEL_NAME)
+    assert over_grpc["state"].dtype == np.float16
+    # The twin's float32 state is the float16 state, widened: both transports step through equal numbers.
+    twin = grpc_predict(
+        caption_stub,
+        contract.decode_step_rest.name,
+        {**inputs, "state": inputs["state"].astype(np.float32)},
+        MODEL_NAME,
+    )
+    np.testing.assert_array_equal(twin["state"], over_grpc["state"].astype(np.float32))
 
 
 def test_caption_metadata_signature_is_grpc_only_as_in_tf_serving(caption_rest, caption_stub) -> None:

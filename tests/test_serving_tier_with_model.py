@@ -66,7 +66,7 @@ def test_encode_then_decode_step_over_grpc(stub, contract: ModelContract, chelse
         DECODE_STEP,
         {
             "tokens": np.full([3], contract.start_id, np.int32),
-            "state": np.zeros([3, contract.state_size], np.float32),
+            "state": np.zeros([3, contract.state_size], contract.state_dtype),
             "context": context,
             "context_index": np.zeros([3], np.int32),
             "k": np.int32(4),

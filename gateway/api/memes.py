@@ -44,6 +44,14 @@ class MemeOptions(BaseModel):
     temperature: float = Field(1.0, gt=0, le=5, description="Sampling only.")
     top_p: float = Field(0.9, gt=0, le=1, description="Sampling only: nucleus mass.")
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Makes sampling and noise reproducible.")
+    rerank: int | None = Field(
+        None,
+        ge=1,
+        le=8,
+        description="Sampling only: draw this many captions per caption returned and keep the ones the "
+        "image explains best (log P(caption | image) − log P(caption | blank image)); 1 keeps plain samples. "
+        "Default: the gateway's MEMEFLY_SAMPLING_RERANK.",
+    )
     noise: float = Field(0.0, ge=0, le=2, description="Gaussian noise on the image context, for variety.")
     prefix: str = Field(
         "",
@@ -100,6 +108,9 @@ class CaptionOut(BaseModel):
     boxes: list[str]
     score: float
     log_prob: float
+    specificity: float | None = Field(
+        None, description="log P(caption | image) − log P(caption | blank image), when sampling re-ranked by it."
+    )
 
 
 class ModelOut(BaseModel):
@@ -193,6 +204,7 @@ def _decoding_settings(captioner, options: MemeOptions, settings: Settings) -> S
             max_length=max_length,
             seed=options.seed,
             length_penalty=length_penalty,
+            rerank=settings.sampling_rerank if options.rerank is None else options.rerank,
         )
     beam_width = max(options.beam_width or settings.beam_width, options.n)
     return SearchSettings(
@@ -378,7 +390,8 @@ async def _respond(
     if "application/json" in request.headers.get("accept", ""):
         body = MemeResponse(
             captions=[
-                CaptionOut(text=c.text, boxes=c.boxes, score=c.score, log_prob=c.log_prob) for c in result.captions
+                CaptionOut(text=c.text, boxes=c.boxes, score=c.score, log_prob=c.log_prob, specificity=c.specificity)
+                for c in result.captions
             ],
             model=ModelOut(name=result.model_name, version=result.model_version, backend=backend) if backend else None,
             rpcs=result.rpcs,

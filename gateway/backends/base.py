@@ -60,6 +60,10 @@ class ModelBackend(Protocol):
         self, tokens: np.ndarray, state: np.ndarray, context: np.ndarray, context_index: np.ndarray, k: int
     ) -> DecodeStepResult: ...
 
+    def score(self, context: np.ndarray, texts: list[str]) -> np.ndarray:
+        """log P(text | context) [N] for contexts [N, ...] as `encode` returns them (the `score` signature)."""
+        ...
+
     def close(self) -> None: ...
 
 

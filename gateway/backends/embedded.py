@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from gateway.backends.base import DecodeStepResult, ModelInfo, ModelUnavailableError, ModelVersionGoneError
-from memefly.contract import DECODE_STEP, ENCODE, METADATA, TOKENIZE, ModelContract
+from memefly.contract import DECODE_STEP, ENCODE, METADATA, SCORE, TOKENIZE, ModelContract
 
 
 def latest_version(model_dir: Path) -> int:
@@ -32,6 +32,7 @@ class EmbeddedBackend:
         self._encode = self._loaded.signatures[ENCODE]
         self._decode_step = self._loaded.signatures[DECODE_STEP]
         self._metadata = self._loaded.signatures[METADATA]
+        self._state_dtype = self._decode_step.structured_input_signature[1]["state"].dtype
 
     def available_version(self) -> int:
         """The version loaded at start-up: the embedded backend serves one version per process."""
@@ -63,12 +64,20 @@ class EmbeddedBackend:
     ) -> DecodeStepResult:
         outputs = self._decode_step(
             tokens=tf.constant(tokens, tf.int32),
-            state=tf.constant(state, tf.float32),
+            state=tf.constant(state, self._state_dtype),
             context=tf.constant(context, tf.float32),
             context_index=tf.constant(context_index, tf.int32),
             k=tf.constant(k, tf.int32),
         )
-        return DecodeStepResult(outputs["top_log_probs"].numpy(), outputs["top_ids"].numpy(), outputs["state"].numpy())
+        return DecodeStepResult(
+            outputs["top_log_probs"].numpy(), outputs["top_ids"].numpy(), outputs["state"].numpy().astype(np.float32)
+        )
+
+    def score(self, context: np.ndarray, texts: list[str]) -> np.ndarray:
+        outputs = self._loaded.signatures[SCORE](
+            context=tf.constant(context, tf.float32), text=tf.constant(texts, tf.string)
+        )
+        return outputs["log_prob"].numpy()
 
     def close(self) -> None:
         self._loaded = None

@@ -42,6 +42,7 @@ from memefly.contract import (
     GENERATE,
     METADATA_REST,
     METADATA_REST_SIGNATURE,
+    SCORE,
     TOKENIZE,
     ModelContract,
 )
@@ -89,6 +90,8 @@ class SageMakerBackend:
         self._attributes = f"tfs-model-name={model_name},tfs-method=predict"
         if model_version is not None:
             self._attributes += f",tfs-model-version={model_version}"
+        self._step_signature = DECODE_STEP
+        """`decode_step`, or its float32-state twin when the model sends float16 state (not JSON-able)."""
 
     def available_version(self) -> int:
         """REST answers do not say which version served them: the pin, or 0 for "whatever is served"."""
@@ -111,6 +114,7 @@ class SageMakerBackend:
         vocabulary = tuple(str(word) for word in _named(outputs, "vocabulary"))
         # A scalar in the signature; read as a 1-element list too, which is what the local stand-in can send today.
         contract = ModelContract.from_json(str(np.asarray(_named(outputs, "contract")).reshape(-1)[0]))
+        self._step_signature = contract.decode_step_rest.name
         version = UNPINNED_VERSION if self.model_version is None else self.model_version
         return ModelInfo(self.model_name, version, vocabulary, contract)
 
@@ -132,7 +136,7 @@ class SageMakerBackend:
         self, tokens: np.ndarray, state: np.ndarray, context: np.ndarray, context_index: np.ndarray, k: int
     ) -> DecodeStepResult:
         outputs = self._predict(
-            DECODE_STEP,
+            self._step_signature,
             {
                 "tokens": np.asarray(tokens, np.int32).tolist(),
                 # float32 → Python float is exact, and JSON writes the shortest text that reads back the same.
@@ -147,6 +151,10 @@ class SageMakerBackend:
             np.asarray(_named(outputs, "top_ids"), np.int32),
             np.asarray(_named(outputs, "state"), np.float32),
         )
+
+    def score(self, context: np.ndarray, texts: list[str]) -> np.ndarray:
+        outputs = self._predict(SCORE, {"context": np.asarray(context, np.float32).tolist(), "text": list(texts)})
+        return np.asarray(_named(outputs, "log_prob"), np.float32).reshape(-1)
 
     def close(self) -> None:
         self._client.close()

@@ -16,7 +16,7 @@ from tensorflow_serving.apis import (
 
 from gateway.backends.base import DecodeStepResult, ModelInfo, ModelUnavailableError, ModelVersionGoneError
 from gateway.tensors import array_to_proto, proto_to_array, strings_to_proto
-from memefly.contract import DECODE_STEP, ENCODE, METADATA, TOKENIZE, ModelContract
+from memefly.contract import DECODE_STEP, ENCODE, METADATA, SCORE, TOKENIZE, ModelContract
 
 # Predict is idempotent, so a call that found the server unavailable is retried by grpc itself,
 # bounded and with jittered backoff; every other failure reaches the caller at once. The throttle
@@ -50,6 +50,8 @@ class TfServingBackend:
         self.model_name = model_name
         self.timeout_seconds = timeout_seconds
         self.version: int | None = None
+        self.state_dtype = np.dtype(np.float32)
+        """What `decode_step` takes as state, from the contract `load_metadata` read."""
         self._channel = grpc.insecure_channel(
             target,
             options=[
@@ -114,6 +116,7 @@ class TfServingBackend:
         response = self._predict(METADATA, {})
         vocabulary = tuple(word.decode("utf-8") for word in proto_to_array(response.outputs["vocabulary"]))
         contract = ModelContract.from_json(proto_to_array(response.outputs["contract"]).item())
+        self.state_dtype = np.dtype(contract.state_dtype)
         return ModelInfo(self.model_name, response.model_spec.version.value, vocabulary, contract)
 
     def encode(self, image_bytes: list[bytes]) -> np.ndarray:
@@ -132,7 +135,7 @@ class TfServingBackend:
             DECODE_STEP,
             {
                 "tokens": array_to_proto(np.asarray(tokens, np.int32)),
-                "state": array_to_proto(np.asarray(state, np.float32)),
+                "state": array_to_proto(np.asarray(state, self.state_dtype)),
                 "context": array_to_proto(np.asarray(context, np.float32)),
                 "context_index": array_to_proto(np.asarray(context_index, np.int32)),
                 "k": array_to_proto(np.int32(k)),
@@ -142,8 +145,18 @@ class TfServingBackend:
         return DecodeStepResult(
             proto_to_array(outputs["top_log_probs"]),
             proto_to_array(outputs["top_ids"]),
-            proto_to_array(outputs["state"]),
+            proto_to_array(outputs["state"]).astype(np.float32),
         )
+
+    def score(self, context: np.ndarray, texts: list[str]) -> np.ndarray:
+        response = self._predict(
+            SCORE,
+            {
+                "context": array_to_proto(np.asarray(context, np.float32)),
+                "text": strings_to_proto([text.encode("utf-8") for text in texts]),
+            },
+        )
+        return proto_to_array(response.outputs["log_prob"])
 
     def close(self) -> None:
         self._channel.close()
