@@ -57,9 +57,6 @@ class ModelConfig:
     """GRU only: its hidden size. The transformer's `decode_step` state is 1 + max_length wide."""
     dropout: float = 0.2
     context_noise: float = 0.1
-    context_to_logits: bool = False
-    """GRU only: the image embedding also feeds the output layer directly (par-inject plus merge), so
-    the template biases every word choice, not only through the recurrent state."""
     seed: int = 1234
     d_model: int = 128
     """Transformer only (as are the fields below): the width of every layer and of the context `encode` returns."""
@@ -337,10 +334,6 @@ class GruDecoder(keras.Model):
         self.gru = keras.layers.GRU(config.state_size, return_sequences=True, name="gru")
         self.dropout = keras.layers.Dropout(config.dropout, seed=config.seed)
         self.logits = keras.layers.Dense(vocab_size, name="logits")
-        # Created last so that a bundle without it keeps its weight order.
-        self.context_logits = (
-            keras.layers.Dense(vocab_size, use_bias=False, name="context_logits") if config.context_to_logits else None
-        )
 
     @property
     def context_shape(self) -> tuple[int, ...]:
@@ -356,13 +349,9 @@ class GruDecoder(keras.Model):
 
     def _teacher_forced(self, tokens: tf.Tensor, context: tf.Tensor, training: bool) -> tf.Tensor:
         words = self.embedding(tokens)
-        repeated = tf.repeat(context[:, None, :], tf.shape(words)[1], axis=1)
-        sequence = self.gru(tf.concat([words, repeated], axis=-1), training=training)
-        return self._output(self.dropout(sequence, training=training), context[:, None, :])
-
-    def _output(self, hidden: tf.Tensor, context: tf.Tensor) -> tf.Tensor:
-        logits = self.logits(hidden)
-        return logits if self.context_logits is None else logits + self.context_logits(context)
+        context = tf.repeat(context[:, None, :], tf.shape(words)[1], axis=1)
+        sequence = self.gru(tf.concat([words, context], axis=-1), training=training)
+        return self.logits(self.dropout(sequence, training=training))
 
     def encode_context(self, features: tf.Tensor) -> tf.Tensor:
         # Projected once here rather than in every decode step: the context then crosses the wire at
@@ -377,7 +366,7 @@ class GruDecoder(keras.Model):
         """One token for each row: (tokens [N], state [N, S], context [N, C]) → (logits [N, V], state)."""
         inputs = tf.concat([self.embedding(tokens), context], axis=-1)
         output, _ = self.gru.cell(inputs, [state], training=False)
-        return self._output(output, context), output
+        return self.logits(output), output
 
 
 def _feed_forward(config: ModelConfig, name: str) -> keras.Sequential:

@@ -79,7 +79,9 @@ def model_card(bundle_dir: Path) -> str:
             f"On {report.get('validation_captions')} held-out captions and "
             f"{report.get('samples_per_template')} sampled captions for each of {report.get('templates_sampled')} "
             "templates, generated through the gateway's own search on the exported SavedModel "
-            "(`export/evaluate.py`).",
+            "(`export/evaluate.py`). As the gateway samples by default, each sampled caption is the most "
+            f"image-specific of {report.get('sampling_rerank', 1)} draws (log P(caption | image) − "
+            "log P(caption | blank image), from the model's `score`).",
             "",
             "| metric | value | target | met |",
             "| --- | --- | --- | --- |",
@@ -96,10 +98,10 @@ def model_card(bundle_dir: Path) -> str:
             "- `template_retrieval_top1_human_captions`: the same retrieval for held-out human captions (as many a "
             "template as samples): how template-specific real captions are.",
             "",
-            "Greedier decoding makes captions more template-specific and less varied (same images, same seeds):",
+            "How the decoding trades template specificity against variety (same images, same seeds):",
             *decoding_table(report),
             "",
-            "## Sample captions (sampling, temperature 1, top-p 0.9; unfiltered)",
+            "## Sample captions (sampling, temperature 1, top-p 0.9, re-ranked as above; unfiltered)",
             "",
         ]
         for template, captions in report.get("examples", {}).items():

@@ -45,15 +45,7 @@ class TrainConfig:
 PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
     # Seconds on a 2-core CPU: for tests.
     "tiny": (
-        ModelConfig(
-            encoder="tiny_cnn",
-            vocab_size=400,
-            min_count=2,
-            max_length=16,
-            embed_dim=32,
-            state_size=64,
-            context_to_logits=True,
-        ),
+        ModelConfig(encoder="tiny_cnn", vocab_size=400, min_count=2, max_length=16, embed_dim=32, state_size=64),
         TrainConfig(epochs=3, max_templates=8, max_captions_per_template=150, augmentations=1, verbose=0),
     ),
     # A couple of minutes: the end-to-end slice's default model until the full model is trained.
@@ -63,14 +55,7 @@ PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
     ),
     # The bundled default (`make train`): under 45 minutes on a 2-core CPU.
     "full": (
-        ModelConfig(
-            encoder="efficientnet_lite0",
-            vocab_size=6000,
-            max_length=24,
-            embed_dim=128,
-            state_size=256,
-            context_to_logits=True,
-        ),
+        ModelConfig(encoder="efficientnet_lite0", vocab_size=6000, max_length=24, embed_dim=128, state_size=256),
         TrainConfig(epochs=12, max_captions_per_template=2500, augmentations=7, patience=2),
     ),
     # Seconds: the transformer decoder over the tiny CNN's [7, 7, 32] map, for tests.
