@@ -29,7 +29,7 @@ from gateway.captioner import ModelSession
 from gateway.rerank import blank_image_jpeg
 from gateway.search import SamplingSettings, SearchSettings
 from gateway.settings import Settings
-from memefly.contract import ENCODE, SCORE, TOKENIZE
+from memefly.contract import SCORE, TOKENIZE
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def evaluate(bundle_dir: Path, data_folder: Path, settings: EvaluationSettings |
 
         image_bytes = {t.id: t.image_path.read_bytes() for t in templates}
         contexts = {t: backend.encode([b])[0] for t, b in image_bytes.items()}
-        blank_context = signatures[ENCODE](image_bytes=tf.constant([blank_image_jpeg()]))["context"].numpy()[0]
+        blank_context = backend.encode([blank_image_jpeg()])[0]
         texts = [caption_text(c.boxes) for c in validation_captions]
         with_image = np.stack([contexts[c.template] for c in validation_captions])
         blanked = np.repeat(blank_context[None], len(texts), axis=0)
@@ -135,18 +135,11 @@ def evaluate(bundle_dir: Path, data_folder: Path, settings: EvaluationSettings |
 
         # How specificity trades against variety as decoding gets greedier (same images, same seeds).
         decodings = {
-            f"sampling T={settings.temperature}, no re-ranking": lambda i: SamplingSettings(
-                **{**sampling.__dict__, "rerank": 1, "seed": settings.seed + i}
+            f"sampling T={t}, no re-ranking": lambda i, t=t: SamplingSettings(
+                **{**sampling.__dict__, "temperature": t, "rerank": 1, "seed": settings.seed + i}
             )
+            for t in (settings.temperature, *settings.sweep_temperatures)
         }
-        decodings.update(
-            {
-                f"sampling T={t}, no re-ranking": lambda i, t=t: SamplingSettings(
-                    **{**sampling.__dict__, "temperature": t, "rerank": 1, "seed": settings.seed + i}
-                )
-                for t in settings.sweep_temperatures
-            }
-        )
         decodings["beam search, n-best"] = lambda i: SearchSettings(
             beam_width=settings.samples_per_template, n_best=settings.samples_per_template
         )

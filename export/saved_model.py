@@ -18,21 +18,15 @@ from export.model import Decoder, ImageEncoder, ModelConfig
 from export.tokenizer import Tokenizer
 from export.warmup import write_warmup_requests
 from memefly.contract import (
-    DECODE_STEP,
     DECODE_STEP_REST,
-    ENCODE,
-    GENERATE,
     GENERATE_SIGNATURE,
-    METADATA,
-    METADATA_REST,
     METADATA_REST_SIGNATURE,
     PAD,
-    SCORE,
     START,
-    TOKENIZE,
     TOKENIZE_SIGNATURE,
     ModelContract,
     SignatureSpec,
+    signatures,
 )
 
 _DTYPES = {"string": tf.string, "int32": tf.int32, "float32": tf.float32, "float16": tf.float16}
@@ -59,9 +53,10 @@ class CaptionModule(tf.Module):
         self.encode = tf.function(self._encode, input_signature=input_signature(contract.encode))
         self.state_dtype = _DTYPES[contract.state_dtype]
         self.decode_step = tf.function(self._decode_step, input_signature=input_signature(contract.decode_step))
-        self.decode_step_rest = tf.function(
-            self._decode_step, input_signature=input_signature(contract.decode_step_rest)
-        )
+        if contract.decode_step_rest.name == DECODE_STEP_REST:
+            self.decode_step_rest = tf.function(
+                self._decode_step, input_signature=input_signature(contract.decode_step_rest)
+            )
         self.metadata = tf.function(self._metadata, input_signature=[])
         self.metadata_rest = tf.function(self._metadata_rest, input_signature=input_signature(METADATA_REST_SIGNATURE))
         self.tokenize = tf.function(self._tokenize, input_signature=input_signature(TOKENIZE_SIGNATURE))
@@ -188,18 +183,9 @@ def export_saved_model(module: CaptionModule, model_dir: Path, version: int | No
         raise FileExistsError(f"{target} exists; versions are immutable, pick a new one")
     staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir))
     try:
-        signatures = {
-            ENCODE: module.encode,
-            DECODE_STEP: module.decode_step,
-            METADATA: module.metadata,
-            METADATA_REST: module.metadata_rest,
-            TOKENIZE: module.tokenize,
-            SCORE: module.score,
-            GENERATE: module.generate,
-        }
-        if module.contract.decode_step_rest.name == DECODE_STEP_REST:
-            signatures[DECODE_STEP_REST] = module.decode_step_rest
-        tf.saved_model.save(module, str(staging), signatures=signatures)
+        # Each of the contract's signatures is the module's function of the same name.
+        exported = {spec.name: getattr(module, spec.name) for spec in signatures(module.contract)}
+        tf.saved_model.save(module, str(staging), signatures=exported)
         write_warmup_requests(staging, module.contract)
         staging.rename(target)
     finally:
