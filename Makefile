@@ -16,7 +16,8 @@ GRPC_PORT ?= 8500
 REST_PORT ?= 8501
 SAGEMAKER_PORT ?= 8080
 SERVE_LOCAL = $(BIN)/python -m serving --port $(GRPC_PORT) --rest_api_port $(REST_PORT) \
-	--sagemaker_port $(SAGEMAKER_PORT) --model_name $(MODEL_NAME) --model_base_path $(abspath $(MODEL_DIR))
+	--sagemaker_port $(SAGEMAKER_PORT) --model_name $(MODEL_NAME) --model_base_path $(abspath $(MODEL_DIR)) \
+	--enable_serialization_as_tensor_content=true
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export MEMEFLY_MODEL_NAME := $(MODEL_NAME)

@@ -13,7 +13,10 @@ from pathlib import Path
 from memefly.paths import REPO_ROOT
 
 STARTUP_SECONDS = 120.0
-TENSORFLOW_THREADS = 1
+INTRA_OP_THREADS = 1
+INTER_OP_THREADS = 3
+"""One thread per op, and as many ops at once as the gateway has calls in flight: its `decode_step` and
+two `encode` calls (`MEMEFLY_ENCODE_CALLS_IN_FLIGHT`)."""
 
 
 def free_port() -> int:
@@ -59,10 +62,12 @@ def local_serving_tier(
         f"--port={port}",
         f"--model_name={model_name}",
         f"--model_base_path={(model_base_path / model_name).resolve()}",
-        # One thread per op and one op at a time: on 2 CPUs shared with the gateway, TensorFlow's
-        # default pools spend each step waking threads (README, "Why the targets are missed").
-        f"--tensorflow_intra_op_parallelism={TENSORFLOW_THREADS}",
-        f"--tensorflow_inter_op_parallelism={TENSORFLOW_THREADS}",
+        # On 2 CPUs shared with the gateway, several threads per op spend each step waking each other,
+        # and one op at a time makes a decode step wait behind a whole encode (README, "make bench").
+        f"--tensorflow_intra_op_parallelism={INTRA_OP_THREADS}",
+        f"--tensorflow_inter_op_parallelism={INTER_OP_THREADS}",
+        # As docker-compose.yml runs TF Serving: answers as packed bytes, not one varint per float16.
+        "--enable_serialization_as_tensor_content=true",
     ]
     if rest_api_port is not None:
         args.append(f"--rest_api_port={rest_api_port}")

@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             on_decode_batch=metrics.decode_batch.observe,
             version_check_seconds=settings.version_check_seconds,
             on_version_switch=_log_version_switch,
+            encode_workers=settings.encode_calls_in_flight,
         )
         try:
             session.captioner()

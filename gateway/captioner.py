@@ -169,8 +169,10 @@ class ModelSession:
         on_decode_batch: Callable[[int], None] | None = None,
         version_check_seconds: float = 5.0,
         on_version_switch: Callable[[ModelInfo], None] | None = None,
+        encode_workers: int = 2,
     ) -> None:
         self.backend = backend
+        self.encode_workers = encode_workers
         self.max_batch_beams = max_batch_beams
         self.batch_wait_seconds = batch_wait_seconds
         self.on_decode_batch = on_decode_batch
@@ -249,7 +251,9 @@ class ModelSession:
     def _switch(self) -> None:
         info = self.backend.load_metadata()
         pinned = self.backend.pinned(info.version)
-        scheduler = BatchScheduler(pinned, self.max_batch_beams, self.batch_wait_seconds, self.on_decode_batch)
+        scheduler = BatchScheduler(
+            pinned, self.max_batch_beams, self.batch_wait_seconds, self.on_decode_batch, self.encode_workers
+        )
         old, self._captioner = self._captioner, Captioner(pinned, info, scheduler)
         self._checked_at = time.monotonic()
         if old is not None:

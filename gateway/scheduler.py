@@ -3,9 +3,10 @@
 As in TGI and vLLM, requests join and leave between ticks. Each tick stacks the live beams of all
 active searches into one `decode_step` call (each request's context sent once, its beams pointing at
 it through `context_index`), splits the top-k back and advances each search. Encoder calls are merged
-the same way, on a thread of their own, so a new request's image never stalls the steps of the
-requests already decoding. A lone request is never delayed; a tick waits (briefly, bounded) only while
-requests whose image is already encoded are about to join.
+the same way, on threads of their own, so a new request's image never stalls the steps of the
+requests already decoding. More than one `encode` call can be in flight: images that arrive while a
+batch is being encoded start at once rather than after it. A lone request is never delayed; a tick
+waits (briefly, bounded) only while requests whose image is already encoded are about to join.
 """
 
 from __future__ import annotations
@@ -78,8 +79,8 @@ class BatchStats:
 
 
 class BatchScheduler:
-    """Two worker threads run every model call, one for `encode` and one for `decode_step`; request
-    threads only enqueue and wait."""
+    """Worker threads run every model call: one for `decode_step`, `encode_workers` for `encode`;
+    request threads only enqueue and wait."""
 
     def __init__(
         self,
@@ -87,6 +88,7 @@ class BatchScheduler:
         max_batch_beams: int = 256,
         batch_wait_seconds: float = 0.002,
         on_decode_batch: Callable[[int], None] | None = None,
+        encode_workers: int = 2,
     ) -> None:
         self.backend = backend
         self.max_batch_beams = max_batch_beams
@@ -99,8 +101,11 @@ class BatchScheduler:
         self._wake = threading.Condition()
         self._closed = False
         self._workers = [
-            threading.Thread(target=self._run_encoder, name="batch-scheduler-encode", daemon=True),
             threading.Thread(target=self._run, name="batch-scheduler-decode", daemon=True),
+            *(
+                threading.Thread(target=self._run_encoder, name=f"batch-scheduler-encode-{n}", daemon=True)
+                for n in range(encode_workers)
+            ),
         ]
         for worker in self._workers:
             worker.start()

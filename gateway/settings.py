@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     """The most beams one `decode_step` call carries across all requests."""
     batch_wait_ms: float = Field(2.0, ge=0)
     """How long a tick waits for requests that are already encoding to join it."""
+    encode_calls_in_flight: int = Field(2, ge=1, le=16)
+    """How many `encode` calls may run at once: images arriving while a batch is encoded start at once."""
     version_check_seconds: float = Field(5.0, ge=0)
     """How often (at most) a request's start asks the model tier whether it serves a new version."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -155,3 +155,41 @@ def test_a_new_requests_encode_does_not_stall_requests_already_decoding(model_ba
     finally:
         backend.release.set()
         session.close()
+
+
+class _OneEncodeThatWaits(EmbeddedBackend):
+    """The real model, except that encoding `held` blocks until released (a slow batch's encode)."""
+
+    def __init__(self, model_base_path: Path, held: bytes) -> None:
+        super().__init__(model_base_path, MODEL_NAME)
+        self.held = held
+        self.encoding_held = threading.Event()
+        self.release = threading.Event()
+
+    def encode(self, image_bytes: list[bytes]) -> np.ndarray:
+        if self.held in image_bytes:
+            self.encoding_held.set()
+            self.release.wait(timeout=60)
+        return super().encode(image_bytes)
+
+
+def test_an_image_arriving_while_another_encodes_does_not_wait_for_it(model_base_path: Path) -> None:
+    held = photo_jpeg("rocket")
+    backend = _OneEncodeThatWaits(model_base_path, held)
+    session = ModelSession(backend, encode_workers=2)
+    settings = SearchSettings(beam_width=3, n_best=1, max_length=12)
+    try:
+        captioner = session.captioner()
+        with ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(captioner.caption, held, settings)
+            assert backend.encoding_held.wait(timeout=30)
+            # Encoded and decoded to the end while the first image is still being encoded.
+            quick = pool.submit(captioner.caption, photo_jpeg("chelsea"), settings).result(timeout=30)
+            assert not slow.done()
+            backend.release.set()
+            assert slow.result(timeout=60).captions
+        assert quick.captions
+        assert captioner.scheduler.stats.encode_calls == 2
+    finally:
+        backend.release.set()
+        session.close()
