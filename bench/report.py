@@ -247,11 +247,12 @@ def targets_table(checks: list[dict[str, Any]]) -> str:
 
 
 PROPOSAL_LABELS = {
-    "as_sent": "as sent today (float32 state both ways, context every step)",
+    "as_sent": "as sent in this run (context every step)",
+    "float32_state": "float32 state, packed both ways (the contract before `state_dtype`)",
     "float16_state_tensor_content": "float16 state, packed both ways (`tensor_content`)",
     "float16_state_typed_half_val": "float16 state, answered in TF Serving's default typed `half_val`",
     "context_sent_once": "context sent once per request, not every step",
-    "state_half_width": "state half as wide (e.g. GRU 128 instead of 256), float32",
+    "state_half_width": "state half as wide (e.g. GRU 128 instead of 256), as sent",
     "float16_state_and_context_once": "float16 state + context once",
     "float16_state_context_once_half_width": "float16 state + context once + half-width state",
 }

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc
 
 from gateway.backends.base import DecodeStepResult, ModelBackend, ModelInfo
 from gateway.backends.tfserving import TfServingBackend
+from gateway.tensors import array_to_proto, proto_to_array
 from memefly.contract import DECODE_STEP, ENCODE
 
 CATEGORIES = ("image", "context", "state", "tokens", "results", "framing")
@@ -241,37 +242,19 @@ class CountingInProcessBackend:
 # ------------------------------------------------------------------------------------------------
 
 
-def _as_float16_proto(proto: tensor_pb2.TensorProto, as_content: bool) -> tensor_pb2.TensorProto:
-    """The same float32 tensor sent as float16: packed bytes, or TF Serving's typed `half_val` field."""
-    values = _float_values(proto).astype(np.float16)
-    shape = tensor_pb2.TensorProto(tensor_shape=proto.tensor_shape).tensor_shape
+def _state_proto(values: np.ndarray, dtype: np.dtype, as_content: bool) -> tensor_pb2.TensorProto:
+    """State values in `dtype`: packed bytes (`tensor_content`), or TF Serving's typed field (`float_val`,
+    or `half_val` holding each float16's bit pattern)."""
+    values = np.ascontiguousarray(values, dtype=dtype)
+    proto = array_to_proto(values)
     if as_content:
-        return tensor_pb2.TensorProto(dtype=types_pb2.DT_HALF, tensor_shape=shape, tensor_content=values.tobytes())
-    return tensor_pb2.TensorProto(
-        dtype=types_pb2.DT_HALF, tensor_shape=shape, half_val=values.view(np.uint16).ravel().tolist()
-    )
-
-
-def _float_values(proto: tensor_pb2.TensorProto) -> np.ndarray:
-    if proto.tensor_content:
-        return np.frombuffer(proto.tensor_content, np.float32)
-    return np.asarray(proto.float_val, np.float32)
-
-
-def _narrower(proto: tensor_pb2.TensorProto, width: int) -> tensor_pb2.TensorProto:
-    """A [N, S] float32 tensor cut to [N, width], in the same encoding."""
-    rows = _leading_dim(proto)
-    values = _float_values(proto).reshape(rows, -1)[:, :width]
-    narrowed = tensor_pb2.TensorProto()
-    narrowed.CopyFrom(proto)
-    narrowed.tensor_shape.dim[1].size = width
-    narrowed.ClearField("tensor_content")
-    narrowed.ClearField("float_val")
-    if proto.tensor_content:
-        narrowed.tensor_content = np.ascontiguousarray(values).tobytes()
+        return proto
+    proto.ClearField("tensor_content")
+    if dtype == np.float16:
+        proto.half_val.extend(values.view(np.uint16).ravel().tolist())
     else:
-        narrowed.float_val.extend(values.ravel().tolist())
-    return narrowed
+        proto.float_val.extend(values.ravel().tolist())
+    return proto
 
 
 def _exchange_bytes(request: predict_pb2.PredictRequest, response: predict_pb2.PredictResponse) -> int:
@@ -287,15 +270,14 @@ def wire_proposals(
     """
     variants = {
         "as_sent": lambda req, resp: (req, resp),
-        "float16_state_tensor_content": lambda req, resp: _with(req, resp, state16=True, content=True),
-        "float16_state_typed_half_val": lambda req, resp: _with(req, resp, state16=True, content=False),
+        "float32_state": lambda req, resp: _with(req, resp, state_dtype=np.float32),
+        "float16_state_tensor_content": lambda req, resp: _with(req, resp, state_dtype=np.float16),
+        "float16_state_typed_half_val": lambda req, resp: _with(req, resp, state_dtype=np.float16, content=False),
         "context_sent_once": lambda req, resp: _with(req, resp, drop_context=True),
         "state_half_width": lambda req, resp: _with(req, resp, narrow=True),
-        "float16_state_and_context_once": lambda req, resp: _with(
-            req, resp, state16=True, content=True, drop_context=True
-        ),
+        "float16_state_and_context_once": lambda req, resp: _with(req, resp, state_dtype=np.float16, drop_context=True),
         "float16_state_context_once_half_width": lambda req, resp: _with(
-            req, resp, state16=True, content=True, drop_context=True, narrow=True
+            req, resp, state_dtype=np.float16, drop_context=True, narrow=True
         ),
     }
     per_meme: dict[str, float] = {}
@@ -317,25 +299,27 @@ def wire_proposals(
 def _with(
     request: predict_pb2.PredictRequest,
     response: predict_pb2.PredictResponse,
-    state16: bool = False,
+    state_dtype: type | None = None,
     content: bool = True,
     drop_context: bool = False,
     narrow: bool = False,
 ) -> tuple[predict_pb2.PredictRequest, predict_pb2.PredictResponse]:
+    """The exchange re-serialized: the state in `state_dtype` (None: as sent) and cut to half its width if
+    `narrow`, answered packed or, without `content`, in typed fields; the context left out if `drop_context`."""
     new_request, new_response = predict_pb2.PredictRequest(), predict_pb2.PredictResponse()
     new_request.CopyFrom(request)
     new_response.CopyFrom(response)
     for tensors, is_response in ((new_request.inputs, False), (new_response.outputs, True)):
         if "state" not in tensors:
             continue
-        state = tensors["state"]
+        sent = tensors["state"]
+        values = proto_to_array(sent)
         if narrow:
-            state = _narrower(state, max(1, state.tensor_shape.dim[1].size // 2))
-        if state16:
-            # The gateway packs its requests; the server answers in typed fields unless told otherwise.
-            as_content = content if is_response else True
-            state = _as_float16_proto(state, as_content)
-        tensors["state"].CopyFrom(state)
+            values = values[:, : max(1, values.shape[1] // 2)]
+        dtype = np.dtype(state_dtype) if state_dtype is not None else values.dtype
+        # The gateway packs its requests; the server answers in typed fields unless told otherwise.
+        as_content = (content or not is_response) if state_dtype is not None else bool(sent.tensor_content)
+        tensors["state"].CopyFrom(_state_proto(values, dtype, as_content))
     if drop_context:
         del new_request.inputs["context"]
     return new_request, new_response

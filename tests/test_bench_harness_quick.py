@@ -107,7 +107,8 @@ def test_modes_differ_where_they_should(bench_report: dict) -> None:
     assert bench_report["caption_agreement_with_mode_3"]["4"] >= 0.5
     proposals = bench_report["wire_proposals"]["bytes_per_meme"]
     assert proposals["context_sent_once"] < proposals["as_sent"]
-    assert proposals["float16_state_tensor_content"] < proposals["as_sent"]
+    assert proposals["float16_state_tensor_content"] < proposals["float32_state"]
+    assert proposals["float16_state_tensor_content"] < proposals["float16_state_typed_half_val"]
 
 
 def test_original_memefly_over_rest_is_the_same_algorithm_with_json_on_the_wire(bench_report: dict) -> None:
