@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import grpc
 import numpy as np
 import pytest
@@ -14,8 +17,9 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from gateway.backends.tfserving import TfServingBackend
 from memefly.contract import DECODE_STEP, ENCODE, METADATA, SPECIAL_TOKENS, ModelContract, signatures
-from tests.support import MODEL_NAME
+from tests.support import MODEL_NAME, free_port, serving_process, wait_for_model_status
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +130,51 @@ def test_unknown_signature_is_failed_precondition_as_in_tf_serving(stub) -> None
         predict(stub, "no_such_signature", {})
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "no_such_signature" in error.value.details()
+
+
+@pytest.fixture(scope="module")
+def packed_target(model_base_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second tier on the same model, run as docker-compose.yml runs TF Serving: packed answers."""
+    port = free_port()
+    args = [
+        f"--port={port}",
+        f"--model_name={MODEL_NAME}",
+        f"--model_base_path={model_base_path / MODEL_NAME}",
+        "--enable_serialization_as_tensor_content=true",
+    ]
+    with serving_process(args, tmp_path_factory.mktemp("packed") / "server.log", stop_timeout=20) as process:
+        target = f"127.0.0.1:{port}"
+        wait_for_model_status(target, MODEL_NAME, process)
+        yield target
+
+
+def test_packed_answers_carry_the_same_decode_step_as_typed_fields(
+    stub, serving_target: str, packed_target: str, contract: ModelContract, chelsea_jpeg: bytes
+) -> None:
+    inputs = {
+        "tokens": np.full([3], contract.start_id, np.int32),
+        "state": np.zeros([3, contract.state_size], contract.state_dtype),
+        "context_index": np.zeros([3], np.int32),
+        "k": np.int32(4),
+    }
+    inputs["context"] = tf.make_ndarray(
+        predict(stub, ENCODE, {"image_bytes": np.array([chelsea_jpeg], dtype=object)}).outputs["context"]
+    )
+    with grpc.insecure_channel(packed_target) as channel:
+        packed = predict(prediction_service_pb2_grpc.PredictionServiceStub(channel), DECODE_STEP, inputs)
+    typed = predict(stub, DECODE_STEP, inputs)
+    for name in ("top_log_probs", "top_ids", "state"):
+        assert packed.outputs[name].tensor_content and not typed.outputs[name].tensor_content, name
+        np.testing.assert_array_equal(tf.make_ndarray(packed.outputs[name]), tf.make_ndarray(typed.outputs[name]))
+
+    # The gateway's backend reads either form to the same step.
+    steps = []
+    for target in (serving_target, packed_target):
+        backend = TfServingBackend(target, MODEL_NAME, timeout_seconds=30)
+        try:
+            backend.load_metadata()
+            steps.append(backend.decode_step(**{**inputs, "k": 4}))
+        finally:
+            backend.close()
+    for a, b in zip(steps[0], steps[1], strict=True):
+        np.testing.assert_array_equal(a, b)
