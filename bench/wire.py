@@ -21,8 +21,9 @@ from tensorflow_serving.apis import model_service_pb2_grpc, predict_pb2, predict
 
 from gateway.backends.base import DecodeStepResult, ModelBackend, ModelInfo
 from gateway.backends.tfserving import TfServingBackend
-from gateway.tensors import array_to_proto, proto_to_array
+from gateway.tensors import proto_to_array
 from memefly.contract import DECODE_STEP, ENCODE
+from serving.tensors import to_tensor_proto
 
 CATEGORIES = ("image", "context", "state", "tokens", "results", "framing")
 """Where the bytes go: `tokens` holds tokens, context_index and k; `results` the top-k (or full softmax,
@@ -242,21 +243,6 @@ class CountingInProcessBackend:
 # ------------------------------------------------------------------------------------------------
 
 
-def _state_proto(values: np.ndarray, dtype: np.dtype, as_content: bool) -> tensor_pb2.TensorProto:
-    """State values in `dtype`: packed bytes (`tensor_content`), or TF Serving's typed field (`float_val`,
-    or `half_val` holding each float16's bit pattern)."""
-    values = np.ascontiguousarray(values, dtype=dtype)
-    proto = array_to_proto(values)
-    if as_content:
-        return proto
-    proto.ClearField("tensor_content")
-    if dtype == np.float16:
-        proto.half_val.extend(values.view(np.uint16).ravel().tolist())
-    else:
-        proto.float_val.extend(values.ravel().tolist())
-    return proto
-
-
 def _exchange_bytes(request: predict_pb2.PredictRequest, response: predict_pb2.PredictResponse) -> int:
     return request.ByteSize() + response.ByteSize()
 
@@ -317,9 +303,9 @@ def _with(
         if narrow:
             values = values[:, : max(1, values.shape[1] // 2)]
         dtype = np.dtype(state_dtype) if state_dtype is not None else values.dtype
-        # The gateway packs its requests; the server answers in typed fields unless told otherwise.
+        # The gateway packs its requests; TF Serving answers in typed fields unless told otherwise.
         as_content = (content or not is_response) if state_dtype is not None else bool(sent.tensor_content)
-        tensors["state"].CopyFrom(_state_proto(values, dtype, as_content))
+        tensors["state"].CopyFrom(to_tensor_proto(values.astype(dtype, copy=False), as_content))
     if drop_context:
         del new_request.inputs["context"]
     return new_request, new_response

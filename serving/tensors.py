@@ -2,7 +2,7 @@
 
 Numeric tensors are converted by NumPy and the proto alone: `tf.make_tensor_proto` and
 `tf.make_ndarray` cost more Python per `decode_step` call than the rest of the handler. Other dtypes
-(strings, bfloat16, quantized) go through TensorFlow's own functions.
+(strings, quantized) go through TensorFlow's own functions.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from serving.errors import InvalidArgumentError
 
 _NUMPY_DTYPES: dict[int, np.dtype] = {
     types_pb2.DT_HALF: np.dtype(np.float16),
+    types_pb2.DT_BFLOAT16: np.dtype(tf.bfloat16.as_numpy_dtype),
     types_pb2.DT_FLOAT: np.dtype(np.float32),
     types_pb2.DT_DOUBLE: np.dtype(np.float64),
     types_pb2.DT_INT8: np.dtype(np.int8),
@@ -32,7 +33,7 @@ _NUMPY_DTYPES: dict[int, np.dtype] = {
 _DATA_TYPES = {dtype: data_type for data_type, dtype in _NUMPY_DTYPES.items()}
 
 # Where C++ Tensor::AsProtoField puts each dtype's values, and the NumPy view written there: half_val
-# holds bit patterns, complex fields interleave re, im.
+# holds bit patterns (of float16 or bfloat16), complex fields interleave re, im.
 _PROTO_FIELDS: dict[int, tuple[str, np.dtype]] = {
     types_pb2.DT_FLOAT: ("float_val", np.dtype("<f4")),
     types_pb2.DT_DOUBLE: ("double_val", np.dtype("<f8")),
@@ -48,6 +49,7 @@ _PROTO_FIELDS: dict[int, tuple[str, np.dtype]] = {
     types_pb2.DT_UINT64: ("uint64_val", np.dtype(np.uint64)),
     types_pb2.DT_BOOL: ("bool_val", np.dtype(np.bool_)),
     types_pb2.DT_HALF: ("half_val", np.dtype(np.uint16)),
+    types_pb2.DT_BFLOAT16: ("half_val", np.dtype(np.uint16)),
 }
 _FIELD_NUMBERS = {field.name: field.number for field in tensor_pb2.TensorProto.DESCRIPTOR.fields}
 _LENGTH_DELIMITED = 2
@@ -89,8 +91,7 @@ def to_tensor_proto(array: np.ndarray, as_content: bool = False) -> tensor_pb2.T
     if array.size == 0:
         return proto
     field, view = _PROTO_FIELDS[data_type]
-    values = np.ascontiguousarray(array).ravel()
-    values = values.view(view) if values.dtype.kind in "cf" else values
+    values = np.ascontiguousarray(array).ravel().view(view)
     if view.kind == "f":
         # A packed fixed-width field's wire bytes are the little-endian values themselves: parsing them
         # gives the same message as extending from a list, without a Python float per value.

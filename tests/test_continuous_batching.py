@@ -113,9 +113,8 @@ def test_a_withdrawn_request_stops_decoding(session: ModelSession, images: list[
     assert time.monotonic() - started < 10
 
 
-class _EncoderThatWaits(EmbeddedBackend):
-    """The real model, except that encoding `held` blocks until released (a slow upload's encode), and
-    decoding waits until that encode has begun, so the request decoding overlaps it for sure."""
+class _OneEncodeThatWaits(EmbeddedBackend):
+    """The real model, except that encoding `held` blocks until released (a slow upload's encode)."""
 
     def __init__(self, model_base_path: Path, held: bytes) -> None:
         super().__init__(model_base_path, MODEL_NAME)
@@ -128,6 +127,10 @@ class _EncoderThatWaits(EmbeddedBackend):
             self.encoding_held.set()
             self.release.wait(timeout=60)
         return super().encode(image_bytes)
+
+
+class _EncoderThatWaits(_OneEncodeThatWaits):
+    """As above, and decoding waits until that encode has begun, so the request decoding overlaps it for sure."""
 
     def decode_step(self, *args, **kwargs):
         self.encoding_held.wait(timeout=30)
@@ -155,22 +158,6 @@ def test_a_new_requests_encode_does_not_stall_requests_already_decoding(model_ba
     finally:
         backend.release.set()
         session.close()
-
-
-class _OneEncodeThatWaits(EmbeddedBackend):
-    """The real model, except that encoding `held` blocks until released (a slow batch's encode)."""
-
-    def __init__(self, model_base_path: Path, held: bytes) -> None:
-        super().__init__(model_base_path, MODEL_NAME)
-        self.held = held
-        self.encoding_held = threading.Event()
-        self.release = threading.Event()
-
-    def encode(self, image_bytes: list[bytes]) -> np.ndarray:
-        if self.held in image_bytes:
-            self.encoding_held.set()
-            self.release.wait(timeout=60)
-        return super().encode(image_bytes)
 
 
 def test_an_image_arriving_while_another_encodes_does_not_wait_for_it(model_base_path: Path) -> None:

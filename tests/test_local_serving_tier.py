@@ -321,7 +321,19 @@ def test_client_mistakes_get_tf_serving_status_and_message(
 
 
 @pytest.mark.parametrize(
-    "dtype", [np.float16, np.float32, np.float64, np.int8, np.uint16, np.int64, np.uint64, np.complex64, np.bool_]
+    "dtype",
+    [
+        np.float16,
+        tf.bfloat16.as_numpy_dtype,
+        np.float32,
+        np.float64,
+        np.int8,
+        np.uint16,
+        np.int64,
+        np.uint64,
+        np.complex64,
+        np.bool_,
+    ],
 )
 def test_typed_value_fields_round_trip_every_numeric_dtype(dtype: type) -> None:
     array = np.arange(6).reshape(2, 3).astype(dtype)
