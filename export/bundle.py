@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from export.conditioning import ConditioningData
 from export.model import ModelConfig, build_decoder, build_encoder
 from export.saved_model import CaptionModule, caption_module, export_saved_model
 from export.tokenizer import Tokenizer, write_vocabulary
@@ -24,6 +25,7 @@ WEIGHTS = "decoder_weights.npz"
 HISTORY = "history.json"
 TRAINING = "training.json"
 CURVES = "training_curves.png"
+CONDITIONING = "conditioning.npz"
 
 
 def save_bundle(result: TrainResult, bundle_dir: Path) -> None:
@@ -32,6 +34,8 @@ def save_bundle(result: TrainResult, bundle_dir: Path) -> None:
     write_vocabulary(result.vocabulary, str(bundle_dir / VOCABULARY))
     weights = {f"{i:03d}": w.numpy().astype(np.float16) for i, w in enumerate(result.module.decoder.weights)}
     np.savez_compressed(bundle_dir / WEIGHTS, **weights)
+    if result.conditioning is not None:
+        result.conditioning.save(bundle_dir / CONDITIONING)
     (bundle_dir / HISTORY).write_text(json.dumps(result.history, indent=2) + "\n")
     (bundle_dir / TRAINING).write_text(json.dumps(asdict(result.train_config), indent=2, sort_keys=True) + "\n")
     plot_history(result.history, bundle_dir / CURVES)
@@ -61,16 +65,19 @@ def load_bundle(bundle_dir: Path) -> CaptionModule:
         raise FileNotFoundError(f"no model bundle at {bundle_dir} ({CONFIG} missing); train one with `make train`")
     model_config = ModelConfig.from_file(bundle_dir / CONFIG)
     vocabulary_file = bundle_dir / VOCABULARY
-    vocab_size = sum(1 for line in vocabulary_file.read_text(encoding="utf-8").splitlines() if line)
+    vocabulary = [line for line in vocabulary_file.read_text(encoding="utf-8").splitlines() if line]
+    vocab_size = len(vocabulary)
+    conditioning = ConditioningData.load(bundle_dir / CONDITIONING) if (bundle_dir / CONDITIONING).is_file() else None
     encoder = build_encoder(model_config)
-    decoder = build_decoder(model_config, vocab_size, encoder.context_shape)
+    num_styles = len(conditioning.styles) if conditioning else 0
+    decoder = build_decoder(model_config, vocab_size, encoder.context_shape, num_styles)
     with np.load(bundle_dir / WEIGHTS) as stored:
         arrays = [stored[key] for key in sorted(stored.files)]
     if [a.shape for a in arrays] != [tuple(w.shape) for w in decoder.weights]:
         raise ValueError(f"{bundle_dir / WEIGHTS} does not fit the decoder described by {CONFIG}")
     decoder.set_weights([a.astype(np.float32) for a in arrays])
     tokenizer = Tokenizer(str(vocabulary_file), max_length=model_config.max_length - 1)
-    return caption_module(model_config, encoder, decoder, tokenizer, vocab_size)
+    return caption_module(model_config, encoder, decoder, tokenizer, vocabulary, conditioning)
 
 
 def load_train_config(bundle_dir: Path) -> TrainConfig:

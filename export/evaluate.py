@@ -6,6 +6,7 @@ Captions are generated through the product's own path (the exported SavedModel, 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import tempfile
@@ -45,6 +46,8 @@ class EvaluationSettings:
     sweep_temperatures: tuple[float, ...] = (0.7, 0.5)
     retrieval_min_captions: int = 1000
     """Template retrieval is scored over templates with at least this many captions."""
+    decoding_templates: int = 40
+    """Templates captioned (besides the skimage photos) to compare decoding rules."""
 
 
 def perplexity(signatures, contexts: np.ndarray, texts: list[str], batch_size: int) -> float:
@@ -87,7 +90,9 @@ def template_retrieval(
     return hits / len(queries), len(queries)
 
 
-def evaluate(bundle_dir: Path, data_folder: Path, settings: EvaluationSettings | None = None) -> dict:
+def evaluate(
+    bundle_dir: Path, data_folder: Path, settings: EvaluationSettings | None = None, contact_sheet: Path | None = None
+) -> dict:
     settings = settings or EvaluationSettings()
     model_config = ModelConfig.from_file(bundle_dir / "config.json")
     train_config = load_train_config(bundle_dir)
@@ -154,6 +159,9 @@ def evaluate(bundle_dir: Path, data_folder: Path, settings: EvaluationSettings |
             accuracy, _ = template_retrieval(train_captions, decoded, settings.retrieval_min_captions)
             by_decoding[name] = {"template_retrieval_top1": accuracy, "distinct_2": float(np.mean(variety))}
 
+        photos = _photo_section(
+            captioner, backend, templates, image_bytes, train_captions, validation_captions, settings, contact_sheet
+        )
         session.close()
 
     retrieval, retrieval_queries = template_retrieval(train_captions, generated, settings.retrieval_min_captions)
@@ -183,8 +191,147 @@ def evaluate(bundle_dir: Path, data_folder: Path, settings: EvaluationSettings |
         "template_retrieval_captions": retrieval_queries,
         "template_retrieval_top1_human_captions": human_retrieval,
         "by_decoding": by_decoding,
+        **photos,
         "examples": {t: generated[t][:3] for t in list(generated)[:12]},
     }
+
+
+def _photo_section(
+    captioner,
+    backend: EmbeddedBackend,
+    templates: list,
+    image_bytes: dict[str, bytes],
+    train_captions: list[Caption],
+    validation_captions: list[Caption],
+    settings: EvaluationSettings,
+    contact_sheet_path: Path | None,
+) -> dict:
+    """Default captions of the skimage photos and every template; style and topic adherence; perplexity
+    with each validation caption's own topic words (export/photo_evaluation.py)."""
+    from export import photo_evaluation as pe
+
+    if not captioner.info.contract.conditioned:
+        return {}
+    skimage = {name: (_skimage_jpeg(name), known) for name, known in pe.SKIMAGE_PHOTOS.items()}
+    template_photos = {t.id: (image_bytes[t.id], set()) for t in templates}
+    section: dict = {}
+    default = pe.default_request()
+    for part, photos in (("photos", skimage), ("templates", template_photos)):
+        captioned = pe.caption_photos(captioner, photos, pe.default_search, default)
+        section |= {f"{part}_{key}": value for key, value in pe.photo_metrics(captioned).items()}
+        if part == "photos":
+            section["photo_examples"] = {
+                p.name: {
+                    "concepts": [[w, round(v, 3)] for w, v in p.result.concepts],
+                    "captions": [f"{c.text} [{c.style}; {c.topic or 'no topic'}]" for c in p.result.captions],
+                }
+                for p in captioned
+            }
+
+    # Decoding that does not collapse: the same photos (and the first templates) under each candidate rule.
+    sample = dict(itertools.islice(template_photos.items(), settings.decoding_templates))
+    compared = {**skimage, **sample}
+    width = pe.default_request().style_beam_width
+    variants = {
+        f"one style a caption, beam {w}{' (default)' if w == width else ''}": (
+            pe.default_search,
+            pe.default_request(style_beam_width=w),
+        )
+        for w in (1, 2, 4)
+    }
+    variants["one style a caption, sampling T=1, most specific of 4"] = (
+        lambda c: SamplingSettings(n=3, rerank=settings.rerank, seed=settings.seed, max_length=c.max_length(None)),
+        pe.default_request(seed=settings.seed),
+    )
+    rows = {}
+    for name, (make, request) in variants.items():
+        rows[name] = pe.photo_metrics(pe.caption_photos(captioner, compared, make, request))
+    first_styles = {
+        name: (pe.caption_photos(captioner, {name: photo}, pe.default_search, default)[0].result.captions or [None])[0]
+        for name, photo in compared.items()
+    }
+    one_context = [
+        pe.caption_photos(
+            captioner, {name: photo}, pe.default_search, pe.default_request(style=first_styles[name].style)
+        )[0]
+        for name, photo in compared.items()
+        if first_styles[name] is not None
+    ]
+    rows["one context, beam n-best (the rule before styles)"] = pe.photo_metrics(one_context)
+    section["photo_decoding"] = rows
+
+    retrieval_styles = [
+        t
+        for t in captioner.info.contract.styles
+        if sum(c.template == t for c in train_captions) >= settings.retrieval_min_captions
+    ]
+    photo_bytes = {name: image for name, (image, _) in skimage.items()}
+    made: dict[str, list[str]] = defaultdict(list)
+    for name in photo_bytes:
+        for style in retrieval_styles:
+            result = captioner.caption(
+                photo_bytes[name], pe.default_search(captioner), pe.default_request(captions=1, style=style)
+            )
+            made[style].append(result.captions[0].text.replace(" / ", " ") if result.captions else "")
+    section["style_adherence"], section["style_adherence_captions"] = template_retrieval(
+        train_captions, made, settings.retrieval_min_captions
+    )
+    section["topic_adherence"], section["topic_known_share"], topic_examples = pe.topic_adherence(
+        captioner, photo_bytes
+    )
+    section["topic_examples"] = topic_examples
+    section |= _topic_perplexity(backend, image_bytes, validation_captions, settings)
+    if contact_sheet_path is not None:
+        styles = retrieval_styles[: pe.CONTACT_SHEET_STYLES]
+        pe.contact_sheet(captioner, photo_bytes, styles).save(contact_sheet_path)
+        section["contact_sheet_styles"] = styles
+    return section
+
+
+def _skimage_jpeg(name: str) -> bytes:
+    import io
+
+    from PIL import Image
+    from skimage import data
+
+    buffer = io.BytesIO()
+    Image.fromarray(getattr(data, name)()).convert("RGB").save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _topic_perplexity(
+    backend: EmbeddedBackend, image_bytes: dict[str, bytes], captions: list[Caption], settings: EvaluationSettings
+) -> dict[str, float]:
+    """Validation perplexity with each caption's own topic words (as training drew them) and without."""
+    from export.conditioning import TOPIC_SLOTS, content_word_mask, topic_candidates
+    from gateway.backends import Condition
+
+    vocabulary = list(backend.load_metadata().vocabulary)
+    texts = [caption_text(c.boxes) for c in captions]
+    ids = np.concatenate([_padded(backend.signatures, texts[i : i + 4096]) for i in range(0, len(texts), 4096)])
+    candidates = topic_candidates(ids, [c.template for c in captions], content_word_mask(vocabulary))
+    topics = [" ".join(vocabulary[i] for i in row[:TOPIC_SLOTS] if i) for row in candidates]
+    by_template: dict[str, list[int]] = defaultdict(list)
+    for index, caption in enumerate(captions):
+        by_template[caption.template].append(index)
+    own = np.zeros((len(captions), *backend.load_metadata().contract.context_shape), np.float32)
+    none = np.zeros_like(own)
+    for template, rows in by_template.items():
+        conditions = [Condition(0, topics[i]) for i in rows] + [Condition(0, "")]
+        contexts = backend.encode_rows([image_bytes[template]], conditions).contexts
+        own[rows], none[rows] = contexts[:-1], contexts[-1]
+    with_topic = perplexity(backend.signatures, own, texts, settings.batch_size)
+    without = perplexity(backend.signatures, none, texts, settings.batch_size)
+    return {
+        "perplexity_with_own_topic_words": with_topic,
+        "perplexity_without_topic_words": without,
+        "captions_with_topic_words": float(np.mean([bool(t) for t in topics])),
+    }
+
+
+def _padded(signatures, texts: list[str], width: int = 64) -> np.ndarray:
+    ids = signatures[TOKENIZE](text=tf.constant(texts))["ids"].numpy()[:, :width]
+    return np.pad(ids, [(0, 0), (0, width - ids.shape[1])])
 
 
 def _captions_and_words(captioner, image: bytes, decoding: SamplingSettings | SearchSettings) -> tuple[list, list]:
@@ -209,6 +356,14 @@ def _training_id_sequences(signatures, captions: list[Caption]) -> set[tuple[int
 
 
 TARGETS = {
+    "photos_subject_named_share": ("≥", 0.6),
+    "templates_subject_named_share": ("≥", 0.6),
+    "photos_best_caption_shared_pairs": ("≤", 0.0),
+    "templates_best_caption_shared_pairs": ("≤", 0.0),
+    "photos_distinct_2_across_photos": ("≥", 0.6),
+    "templates_distinct_2_across_photos": ("≥", 0.6),
+    "style_adherence": ("≥", 0.6),
+    "topic_adherence": ("≥", 0.8),
     "perplexity_ratio": ("≤", 0.8),
     "template_retrieval_top1": ("≥", 0.6),
     "distinct_2": ("≥", 0.6),
@@ -231,10 +386,38 @@ def write_reports(report: dict, out_dir: Path) -> None:
         elif isinstance(value, int):
             lines.append(f"| {key} | {value} | | |")
     lines += decoding_table(report)
+    lines += photo_report(report)
     lines += ["", "## Sampled captions", ""]
     for template, captions in report["examples"].items():
         lines.append(f"- `{template}`: " + "; ".join(f"“{c}”" for c in captions))
     (out_dir / "EVALUATION.md").write_text("\n".join(lines) + "\n")
+
+
+def photo_report(report: dict) -> list[str]:
+    """The photo section: decoding rules compared on photos, and what the photos got."""
+    if "photo_decoding" not in report:
+        return []
+    keys = next(iter(report["photo_decoding"].values())).keys()
+    lines = [
+        "",
+        "## Photos",
+        "",
+        f"| decoding (photos and {len(report['photo_decoding'])} rules) | " + " | ".join(keys) + " |",
+    ]
+    lines[-1] = "| decoding | " + " | ".join(keys) + " |"
+    lines.append("| --- |" + " --- |" * len(keys))
+    for name, row in report["photo_decoding"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[k]:.3f}" for k in keys) + " |")
+    lines += ["", "Default captions (caption [style; topic]):", ""]
+    for name, example in report.get("photo_examples", {}).items():
+        concepts = ", ".join(f"{w} {p:.2f}" for w, p in example["concepts"])
+        lines.append(f"- `{name}` (concepts: {concepts}): " + "; ".join(f"“{c}”" for c in example["captions"]))
+    topics = report.get("topic_examples", {})
+    if topics:
+        lines += ["", "With a user topic (best caption):", ""]
+        for name, by_topic in topics.items():
+            lines.append(f"- `{name}`: " + "; ".join(f"{t}: “{c}”" for t, c in by_topic.items()))
+    return lines
 
 
 def decoding_table(report: dict) -> list[str]:

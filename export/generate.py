@@ -309,7 +309,7 @@ class _InGraphBeamSearch:
         }
 
 
-def _check_settings(settings: SearchInputs) -> list[tf.Operation]:
+def check_search_settings(settings: SearchInputs) -> list[tf.Operation]:
     widths = f"beam_width must be between 1 and {GENERATE_MAX_BEAM_WIDTH}"
     n_best = "n_best must be between 1 and beam_width"
     return [
@@ -336,7 +336,7 @@ def beam_search(
     Returns `ids` int32 [N, n_best, max_length] (`<pad>` after each caption), `lengths` int32,
     `log_probs` and `scores` float32 [N, n_best]; a slot without a caption has length 0 and score -inf.
     """
-    with tf.control_dependencies(_check_settings(settings)):
+    with tf.control_dependencies(check_search_settings(settings)):
         settings = SearchInputs(**{name: tf.identity(value) for name, value in vars(settings).items()})
     search = _InGraphBeamSearch(step, context, settings, ids, state_size, length_limit)
     padding = length_limit - tf.shape(prefix_ids)[1]

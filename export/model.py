@@ -32,6 +32,8 @@ import tensorflow as tf
 
 from export.efficientnet_lite import (
     IMAGE_SIZE,
+    NUM_CLASSES,
+    POOLED_LAYER,
     RESIZE_SHORTER,
     build_efficientnet_lite0,
     decode_and_crop,
@@ -66,6 +68,11 @@ class ModelConfig:
     ff_dim: int = 512
     encoder_layers: int = 1
     """Encoder blocks (self-attention, feed-forward) over the projected feature map."""
+    conditioned: bool = False
+    """GRU only: topic and style conditioning folded into the context (export/conditioning.py). Bundles
+    written before it existed load without it."""
+    style_dim: int = 32
+    """GRU only, conditioned: the size of each style's learned vector."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -92,15 +99,27 @@ class ImageEncoder(tf.Module):
         backbone: keras.Model,
         image_size: int,
         preprocess: Callable[[tf.Tensor], tf.Tensor] = preprocess_batch,
+        classifier: keras.layers.Layer | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.image_size = image_size
         self.preprocess = preprocess
+        self.classifier = classifier
         self.context_shape: tuple[int, ...] = tuple(int(d) for d in backbone.output_shape[1:])
 
     def __call__(self, image_bytes: tf.Tensor) -> tf.Tensor:
         return self.backbone(self.preprocess(image_bytes), training=False)
+
+    def class_probabilities(self, features: tf.Tensor) -> tf.Tensor | None:
+        """ImageNet class probabilities [B, 1000] from the features, or None without a classifier.
+
+        The classifier reads the pooled features; the mean over a feature map's positions is that pooling.
+        """
+        if self.classifier is None:
+            return None
+        pooled = tf.reduce_mean(features, axis=1) if features.shape.rank == 3 else features
+        return tf.nn.softmax(self.classifier(pooled))
 
 
 def _tiny_cnn(seed: int) -> keras.Model:
@@ -291,14 +310,22 @@ def build_encoder(config: ModelConfig, pretrained: bool = True) -> ImageEncoder:
     """
     _check_decoder(config)
     feature_map = config.decoder == "transformer"
+    classifier: keras.layers.Layer | None = None
     if config.encoder == "efficientnet_lite0":
-        backbone = build_efficientnet_lite0(include_top=False, weights=pretrained)
+        with_top = build_efficientnet_lite0(include_top=True, weights=pretrained)
+        classifier = with_top.get_layer("predictions")
+        backbone = keras.Model(with_top.inputs, with_top.get_layer(POOLED_LAYER).output, name="efficientnet_lite0")
         if feature_map:
             backbone = feature_map_model(backbone)
         encoder_args: tuple = (IMAGE_SIZE, preprocess_batch)
     elif config.encoder == "tiny_cnn":
         backbone = _tiny_cnn_map(config.seed) if feature_map else _tiny_cnn(config.seed)
         encoder_args = (IMAGE_SIZE, preprocess_batch)
+        # Random weights, as the tiny CNN's: distinct images still get distinct, stable concepts.
+        classifier = keras.layers.Dense(
+            NUM_CLASSES, kernel_initializer=keras.initializers.HeNormal(seed=config.seed), name="predictions"
+        )
+        classifier.build((None, int(backbone.output_shape[-1])))
     elif (app := keras_application(config.encoder)) is not None:
         backbone = app.build(feature_map, cached_weights(app, config.encoder) if pretrained else None)
         encoder_args = (app.image_size, app.preprocess())
@@ -310,7 +337,9 @@ def build_encoder(config: ModelConfig, pretrained: bool = True) -> ImageEncoder:
     if feature_map:
         backbone = _positions(backbone)
     backbone.trainable = False
-    return ImageEncoder(backbone, *encoder_args)
+    if classifier is not None:
+        classifier.trainable = False
+    return ImageEncoder(backbone, *encoder_args, classifier=classifier)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -325,38 +354,63 @@ class GruDecoder(keras.Model):
     """The GRU state crosses the wire twice a step; float16 halves that, at a rounding far below the
     model's own noise."""
 
-    def __init__(self, config: ModelConfig, vocab_size: int, **kwargs) -> None:
+    def __init__(self, config: ModelConfig, vocab_size: int, num_styles: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
         self.state_size = config.state_size
+        self.conditioned = config.conditioned
         self.embedding = keras.layers.Embedding(vocab_size, config.embed_dim, name="word_embedding")
         self.context_noise = keras.layers.GaussianNoise(config.context_noise, seed=config.seed)
-        self.context_projection = keras.layers.Dense(config.embed_dim, activation="relu", name="context_projection")
+        if config.conditioned:
+            # A ReLU projection fitted to the template images gave ordinary photos an all-zero context;
+            # normalised features and tanh keep every photo's image part alive.
+            self.feature_norm = keras.layers.LayerNormalization(name="feature_norm")
+            self.context_projection = keras.layers.Dense(config.embed_dim, activation="tanh", name="image_projection")
+            self.topic_projection = keras.layers.Dense(config.embed_dim, activation="tanh", name="topic_projection")
+            self.style_embedding = keras.layers.Embedding(num_styles + 1, config.style_dim, name="style_embedding")
+            self.context_mix = keras.layers.Dense(config.embed_dim, activation="tanh", name="context_mix")
+        else:
+            self.context_projection = keras.layers.Dense(config.embed_dim, activation="relu", name="context_projection")
         self.gru = keras.layers.GRU(config.state_size, return_sequences=True, name="gru")
         self.dropout = keras.layers.Dropout(config.dropout, seed=config.seed)
         self.logits = keras.layers.Dense(vocab_size, name="logits")
 
     @property
     def context_shape(self) -> tuple[int, ...]:
-        """The context `encode` returns: the image embedding, already projected to `embed_dim`."""
+        """The context `encode` returns: image (and topic and style) folded into `embed_dim` floats."""
         return (int(self.context_projection.units),)
 
-    def call(self, inputs: tuple[tf.Tensor, tf.Tensor], training: bool = False) -> tf.Tensor:
-        """Teacher forcing on image features: (tokens [B, T], features [B, F]) → logits [B, T, V]."""
-        tokens, features = inputs
-        return self._teacher_forced(
-            tokens, self.context_projection(self.context_noise(features, training=training)), training
-        )
+    def call(self, inputs: tuple[tf.Tensor, ...], training: bool = False) -> tf.Tensor:
+        """Teacher forcing on image features: (tokens [B, T], features [B, F][, topic ids [B, K], style
+        ids [B]]) → logits [B, T, V]."""
+        tokens, features, *conditions = inputs
+        features = self.context_noise(features, training=training)
+        return self._teacher_forced(tokens, self.encode_context(features, *conditions), training)
+
+    def encode_context(
+        self, features: tf.Tensor, topic_ids: tf.Tensor | None = None, style_ids: tf.Tensor | None = None
+    ) -> tf.Tensor:
+        # Projected once here rather than in every decode step: the context then crosses the wire at
+        # `embed_dim` floats (128) instead of the backbone's 1280, on every `decode_step` call.
+        if not self.conditioned:
+            return self.context_projection(features)
+        rows = tf.shape(features)[0]
+        if topic_ids is None:
+            topic_ids = tf.zeros([rows, 2], tf.int32)
+        if style_ids is None:
+            style_ids = tf.zeros([rows], tf.int32)
+        image = self.context_projection(self.feature_norm(features))
+        present = tf.cast(topic_ids > 0, tf.float32)[..., None]
+        count = tf.reduce_sum(present, axis=1)
+        words = tf.reduce_sum(self.embedding(topic_ids) * present, axis=1) / tf.maximum(count, 1.0)
+        topic = self.topic_projection(words) * tf.cast(count > 0, tf.float32)
+        style = self.style_embedding(style_ids)
+        return self.context_mix(tf.concat([image, topic, style], axis=-1))
 
     def _teacher_forced(self, tokens: tf.Tensor, context: tf.Tensor, training: bool) -> tf.Tensor:
         words = self.embedding(tokens)
         context = tf.repeat(context[:, None, :], tf.shape(words)[1], axis=1)
         sequence = self.gru(tf.concat([words, context], axis=-1), training=training)
         return self.logits(self.dropout(sequence, training=training))
-
-    def encode_context(self, features: tf.Tensor) -> tf.Tensor:
-        # Projected once here rather than in every decode step: the context then crosses the wire at
-        # `embed_dim` floats (128) instead of the backbone's 1280, on every `decode_step` call.
-        return self.context_projection(features)
 
     def decode(self, tokens: tf.Tensor, context: tf.Tensor) -> tf.Tensor:
         """Teacher forcing on an encoded context: (tokens [B, T], context [B, C]) → logits [B, T, V]."""
@@ -501,12 +555,14 @@ def _check_decoder(config: ModelConfig) -> None:
         raise ValueError(f"unknown decoder {config.decoder!r}; choose {' or '.join(DECODERS)}")
 
 
-def build_decoder(config: ModelConfig, vocab_size: int, context_shape: tuple[int, ...]) -> Decoder:
+def build_decoder(config: ModelConfig, vocab_size: int, context_shape: tuple[int, ...], num_styles: int = 0) -> Decoder:
     """The decoder `config` names, built for features of `context_shape` (the image encoder's output)."""
     _check_decoder(config)
     if config.decoder == "transformer":
         decoder: Decoder = TransformerDecoder(config, vocab_size, context_shape, name="transformer_decoder")
+        decoder((tf.zeros((1, 1), tf.int32), tf.zeros((1, *context_shape))))
     else:
-        decoder = GruDecoder(config, vocab_size, name="gru_decoder")
-    decoder((tf.zeros((1, 1), tf.int32), tf.zeros((1, *context_shape))))
+        decoder = GruDecoder(config, vocab_size, num_styles, name="gru_decoder")
+        conditions = (tf.zeros((1, 2), tf.int32), tf.zeros((1,), tf.int32)) if config.conditioned else ()
+        decoder((tf.zeros((1, 1), tf.int32), tf.zeros((1, *context_shape)), *conditions))
     return decoder

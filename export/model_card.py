@@ -9,7 +9,7 @@ import json
 import math
 from pathlib import Path
 
-from export.evaluate import decoding_table, metric_row
+from export.evaluate import decoding_table, metric_row, photo_report
 
 CARD = "MODEL_CARD.md"
 
@@ -100,6 +100,22 @@ def model_card(bundle_dir: Path) -> str:
             "",
             "How the decoding trades template specificity against variety (same images, same seeds):",
             *decoding_table(report),
+            *(
+                [
+                    "",
+                    "Photo metrics (`photos_*`: the four skimage photos; `templates_*`: every template image) use "
+                    "the API's default decoding: each caption in its own style, with the photo's concept words as "
+                    "topic. `subject_named_share`: captions naming a concept word the encoder gave at least 0.15 "
+                    "(or a synonym; for the skimage photos also their known subject). `best_caption_shared_pairs`: "
+                    "pairs of images whose best captions are equal. `style_adherence`: captions written in style T "
+                    "that TF-IDF retrieval assigns to T. `topic_adherence`: captions naming a user's topic.",
+                    *photo_report(report),
+                    "",
+                    "![contact sheet: photos down, styles across](contact_sheet.png)",
+                ]
+                if "photo_decoding" in report
+                else []
+            ),
             "",
             "## Sample captions (sampling, temperature 1, top-p 0.9, re-ranked as above; unfiltered)",
             "",
@@ -112,7 +128,9 @@ def model_card(bundle_dir: Path) -> str:
         "",
         "- English only; the vocabulary is the most frequent words of the training captions, rarer ones are "
         "`<unk>` and never generated.",
-        "- It knows meme templates by their look: a photo that resembles no template gets generic captions.",
+        "- It knows meme templates by their look, and ordinary photos by the 1000 ImageNet classes mapped to "
+        "everyday words (`export/concepts/imagenet_words.tsv`): a subject ImageNet lacks gets no topic of its own, "
+        "and people are recognised only by what they wear (suits, uniforms, jerseys...).",
         "- Captions echo the humour of the source data, including stereotypes; keep the content filter on.",
         "",
     ]

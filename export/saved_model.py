@@ -13,12 +13,14 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from export.generate import SearchInputs, SpecialIds, beam_search, caption_text
+from export.conditioning import CONCEPTS_PER_IMAGE, Conditioner, ConditioningData
+from export.generate import SearchInputs, SpecialIds, beam_search, caption_text, check_search_settings
 from export.model import Decoder, ImageEncoder, ModelConfig
 from export.tokenizer import Tokenizer
 from export.warmup import write_warmup_requests
 from memefly.contract import (
     DECODE_STEP_REST,
+    GENERATE_MAX_BEAM_WIDTH,
     GENERATE_SIGNATURE,
     METADATA_REST_SIGNATURE,
     PAD,
@@ -39,18 +41,27 @@ def input_signature(spec: SignatureSpec) -> list[tf.TensorSpec]:
 class CaptionModule(tf.Module):
     """The exported model. Each signature takes and returns exactly the contract's tensors."""
 
-    def __init__(self, encoder: ImageEncoder, decoder: Decoder, tokenizer: Tokenizer, contract: ModelContract) -> None:
+    def __init__(
+        self,
+        encoder: ImageEncoder,
+        decoder: Decoder,
+        tokenizer: Tokenizer,
+        contract: ModelContract,
+        conditioner: Conditioner | None = None,
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.tokenizer = tokenizer
         self.contract = contract
+        self.conditioner = conditioner
         self.contract_json = tf.constant(contract.to_json())
         # Tokens that are never a next word; masked before top-k so they are never proposed. `<unk>` is a
         # real target (rare words) whose probability `score` needs; the search declines to emit it.
         banned = [contract.special_tokens[t] for t in (PAD, START)]
         self.banned_mask = tf.constant([-1e9 if i in banned else 0.0 for i in range(contract.vocab_size)], tf.float32)
-        self.encode = tf.function(self._encode, input_signature=input_signature(contract.encode))
+        encode = self._encode if conditioner is None else self._encode_conditioned
+        self.encode = tf.function(encode, input_signature=input_signature(contract.encode))
         self.state_dtype = _DTYPES[contract.state_dtype]
         self.decode_step = tf.function(self._decode_step, input_signature=input_signature(contract.decode_step))
         if contract.decode_step_rest.name == DECODE_STEP_REST:
@@ -67,6 +78,26 @@ class CaptionModule(tf.Module):
 
     def _encode(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         return {"context": self.decoder.encode_context(self.encoder(image_bytes))}
+
+    def _encode_conditioned(
+        self, image_bytes: tf.Tensor, image_index: tf.Tensor, topic: tf.Tensor, style: tf.Tensor, style_rank: tf.Tensor
+    ) -> dict[str, tf.Tensor]:
+        conditioner = self.conditioner
+        features = self.encoder(image_bytes)
+        concepts, concept_probs = conditioner.concepts(
+            self.encoder.class_probabilities(features), tf.shape(image_bytes)[0]
+        )
+        default_topic = tf.gather(conditioner.default_topic_ids(concepts, concept_probs), image_index)
+        topic_ids = conditioner.topic_ids(topic, default_topic)
+        row_features = tf.gather(features, image_index)
+        style_ids = conditioner.style_ids(style, style_rank, topic_ids, row_features)
+        return {
+            "context": self.decoder.encode_context(row_features, topic_ids, style_ids),
+            "topic": conditioner.topic_text(topic_ids),
+            "style": conditioner.style_text(style_ids),
+            "concepts": concepts,
+            "concept_probs": concept_probs,
+        }
 
     def _decode_step(
         self, tokens: tf.Tensor, state: tf.Tensor, context: tf.Tensor, context_index: tf.Tensor, k: tf.Tensor
@@ -104,7 +135,33 @@ class CaptionModule(tf.Module):
         )
         with tf.control_dependencies([one_each]):
             prefix = tf.identity(prefix)
-        context = self._encode(image_bytes)["context"]
+        images = tf.shape(image_bytes)[0]
+        captions_per_row = n_best
+        if self.conditioner is None:
+            context = self._encode(image_bytes)["context"]
+        else:
+            # The gateway's rule: each of an image's captions takes its own style (the best fitting
+            # first), with the image's concepts as its topic; one search a caption.
+            # `n_best` counts captions, one a style, each the best of its own beam.
+            captions = f"n_best must be between 1 and {GENERATE_MAX_BEAM_WIDTH}"
+            checks = [
+                *check_search_settings(SearchInputs(beam_width, 1, max_length, length_penalty, no_repeat_ngram_size)),
+                tf.debugging.assert_greater_equal(n_best, 1, message=captions),
+                tf.debugging.assert_less_equal(n_best, GENERATE_MAX_BEAM_WIDTH, message=captions),
+            ]
+            with tf.control_dependencies(checks):
+                captions_per_row = tf.identity(n_best)
+            image_index = tf.repeat(tf.range(images), captions_per_row)
+            rows = tf.size(image_index)
+            context = self._encode_conditioned(
+                image_bytes,
+                image_index,
+                tf.fill([rows], ""),
+                tf.fill([rows], ""),
+                tf.tile(tf.range(captions_per_row), [images]),
+            )["context"]
+            prefix = tf.gather(prefix, image_index)
+            n_best = tf.constant(1, tf.int32)
         prefix_ids, prefix_lengths = self.tokenizer(prefix)
         # As the gateway: a prefix of nothing but white space is no prefix.
         prefix_lengths = tf.where(tf.equal(tf.strings.strip(prefix), ""), 0, prefix_lengths)
@@ -119,6 +176,11 @@ class CaptionModule(tf.Module):
             contract.state_size,
             contract.max_length,
         )
+        if self.conditioner is not None:
+            found = {
+                name: tf.reshape(value, tf.concat([[images, captions_per_row], tf.shape(value)[2:]], axis=0))
+                for name, value in found.items()
+            }
         shape = tf.shape(found["lengths"])
         text = caption_text(
             tf.reshape(found["ids"], [shape[0] * shape[1], -1]),
@@ -153,20 +215,32 @@ class CaptionModule(tf.Module):
 
 
 def caption_module(
-    model_config: ModelConfig, encoder: ImageEncoder, decoder: Decoder, tokenizer: Tokenizer, vocab_size: int
+    model_config: ModelConfig,
+    encoder: ImageEncoder,
+    decoder: Decoder,
+    tokenizer: Tokenizer,
+    vocabulary: list[str],
+    conditioning: ConditioningData | None = None,
 ) -> CaptionModule:
+    conditioner = None
+    if conditioning is not None and getattr(decoder, "conditioned", False):
+        conditioner = Conditioner(conditioning, vocabulary, tokenizer.table)
     contract = ModelContract(
         model_name=model_config.model_name,
         decoder=model_config.decoder,
         encoder=model_config.encoder,
-        vocab_size=vocab_size,
+        vocab_size=len(vocabulary),
         max_length=model_config.max_length,
         image_size=encoder.image_size,
         state_size=decoder.state_size,
         context_shape=decoder.context_shape,
         state_dtype=decoder.state_dtype,
+        conditioned=conditioner is not None,
+        styles=tuple(conditioner.styles) if conditioner else (),
+        concept_words=tuple(conditioner.concept_words) if conditioner else (),
+        concepts_per_image=CONCEPTS_PER_IMAGE if conditioner else 0,
     )
-    return CaptionModule(encoder, decoder, tokenizer, contract)
+    return CaptionModule(encoder, decoder, tokenizer, contract, conditioner)
 
 
 def next_version(model_dir: Path) -> int:

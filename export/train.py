@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import math
 import tempfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,6 +20,14 @@ import tensorflow as tf
 from PIL import Image, ImageEnhance, ImageOps
 from tqdm import tqdm
 
+from export.conditioning import (
+    MIN_STYLE_CAPTIONS,
+    TOPIC_SLOTS,
+    ConditioningData,
+    build_style_pmi,
+    content_word_mask,
+    topic_candidates,
+)
 from export.data import Caption, MemeTemplate, iter_captions, load_templates, split_by_template
 from export.model import ModelConfig, build_decoder, build_encoder
 from export.saved_model import CaptionModule, caption_module, export_saved_model
@@ -45,17 +53,33 @@ class TrainConfig:
 PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
     # Seconds on a 2-core CPU: for tests.
     "tiny": (
-        ModelConfig(encoder="tiny_cnn", vocab_size=400, min_count=2, max_length=16, embed_dim=32, state_size=64),
-        TrainConfig(epochs=3, max_templates=8, max_captions_per_template=150, augmentations=1, verbose=0),
+        ModelConfig(
+            encoder="tiny_cnn",
+            vocab_size=400,
+            min_count=2,
+            max_length=16,
+            embed_dim=32,
+            state_size=64,
+            conditioned=True,
+            style_dim=8,
+        ),
+        TrainConfig(epochs=8, max_templates=8, max_captions_per_template=150, augmentations=1, verbose=0),
     ),
     # A couple of minutes: the end-to-end slice's default model until the full model is trained.
     "slice": (
-        ModelConfig(encoder="efficientnet_lite0", vocab_size=4000, max_length=24),
+        ModelConfig(encoder="efficientnet_lite0", vocab_size=4000, max_length=24, conditioned=True),
         TrainConfig(epochs=6, max_captions_per_template=250),
     ),
     # The bundled default (`make train`): under 45 minutes on a 2-core CPU.
     "full": (
-        ModelConfig(encoder="efficientnet_lite0", vocab_size=6000, max_length=24, embed_dim=128, state_size=256),
+        ModelConfig(
+            encoder="efficientnet_lite0",
+            vocab_size=6000,
+            max_length=24,
+            embed_dim=128,
+            state_size=256,
+            conditioned=True,
+        ),
         TrainConfig(epochs=12, max_captions_per_template=2500, augmentations=7, patience=2),
     ),
     # Seconds: the transformer decoder over the tiny CNN's [7, 7, 32] map, for tests.
@@ -100,6 +124,7 @@ class TrainResult:
     vocabulary: list[str]
     model_config: ModelConfig
     train_config: TrainConfig
+    conditioning: ConditioningData | None = None
 
 
 def select_captions(
@@ -167,22 +192,84 @@ def _dataset(
     contexts: np.ndarray,
     batch_size: int,
     shuffle_seed: int | None,
+    conditioning: TrainingConditions | None = None,
 ) -> tf.data.Dataset:
-    """Training draws a random view of each caption's template; validation sees the template itself."""
+    """Training draws a random view of each caption's template; validation sees the template itself.
+
+    Conditioned, training also draws each caption's topic (0 to `TOPIC_SLOTS` of its own content words)
+    and keeps its template's style half the time; a caption given its style is shown another template's
+    image half the time, so that a style, not the picture, decides the voice.
+    """
     contexts = tf.constant(contexts)
-    views = contexts.shape[1]
-    ds = tf.data.Dataset.from_tensor_slices((template_rows, inputs, targets))
+    views, templates = contexts.shape[1], contexts.shape[0]
+    candidates = conditioning.topic_candidates if conditioning else np.zeros((len(inputs), 1), np.int32)
+    ds = tf.data.Dataset.from_tensor_slices((template_rows, inputs, targets, candidates))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(inputs), seed=shuffle_seed, reshuffle_each_iteration=True)
+    style_of_template = tf.constant(conditioning.style_of_template if conditioning else [0])
 
-    def attach_context(row: tf.Tensor, x: tf.Tensor, y: tf.Tensor):
+    def attach_context(row: tf.Tensor, x: tf.Tensor, y: tf.Tensor, candidates: tf.Tensor):
         if shuffle_seed is None:
             view = tf.zeros_like(row)
         else:
             view = tf.random.uniform(tf.shape(row), 0, views, dtype=tf.int32, seed=shuffle_seed)
-        return (x, tf.gather_nd(contexts, tf.stack([row, view], axis=1))), y
+        if conditioning is None:
+            return (x, tf.gather_nd(contexts, tf.stack([row, view], axis=1))), y
+        rows = tf.shape(row)[0]
+        if shuffle_seed is None:
+            # Validation measures the image alone, as the unconditioned model was measured.
+            topic = tf.zeros([rows, TOPIC_SLOTS], tf.int32)
+            style = tf.zeros_like(row)
+            image_row = row
+        else:
+            style = tf.gather(style_of_template, row)
+            style = tf.where(tf.random.uniform([rows]) < 0.5, style, 0)
+            swap = (style > 0) & (tf.random.uniform([rows]) < 0.5)
+            image_row = tf.where(swap, tf.random.uniform([rows], 0, templates, dtype=tf.int32), row)
+            wanted = tf.random.categorical(tf.math.log([[0.3, 0.4, 0.3]]), rows, dtype=tf.int32)[0]
+            keys = tf.where(candidates > 0, tf.random.uniform(tf.shape(candidates)), -1.0)
+            picked = tf.gather(candidates, tf.argsort(keys, axis=1, direction="DESCENDING"), batch_dims=1)
+            picked = picked[:, :TOPIC_SLOTS]
+            slots = tf.range(TOPIC_SLOTS)[None, :] < wanted[:, None]
+            topic = tf.where(slots & (picked > 0), picked, 0)
+        features = tf.gather_nd(contexts, tf.stack([image_row, view], axis=1))
+        return (x, features, topic, style), y
 
     return ds.batch(batch_size).map(attach_context, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+@dataclass
+class TrainingConditions:
+    topic_candidates: np.ndarray
+    """[captions, 8] each caption's own content words."""
+    style_of_template: np.ndarray
+    """[templates] each template row's style id (0: too few captions for a style)."""
+
+
+def build_conditioning(
+    templates: list[MemeTemplate],
+    captions: list[Caption],
+    targets: np.ndarray,
+    vocabulary: list[str],
+    contexts: np.ndarray,
+) -> tuple[ConditioningData, TrainingConditions]:
+    """Styles (templates with enough captions), their PMI with every word and their image features, and
+    each training caption's topic candidates."""
+    counts = Counter(c.template for c in captions)
+    styles = [t.id for t in templates if counts[t.id] >= MIN_STYLE_CAPTIONS]
+    style_id = {template: i + 1 for i, template in enumerate(styles)}
+    style_of_template = np.array([style_id.get(t.id, 0) for t in templates], np.int32)
+    words = np.where(targets >= len(SPECIAL_TOKENS), targets, 0)
+    names = [c.template for c in captions]
+    data = ConditioningData(
+        styles,
+        build_style_pmi(words, np.array([style_id.get(n, 0) for n in names]), len(styles), len(vocabulary)),
+        np.stack([contexts[i, 0] for i, t in enumerate(templates) if t.id in style_id])
+        if styles
+        else np.zeros((0, contexts.shape[-1]), np.float32),
+    )
+    candidates = topic_candidates(words, names, content_word_mask(vocabulary))
+    return data, TrainingConditions(candidates, style_of_template)
 
 
 def training_split(
@@ -210,20 +297,44 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data_folder: Pat
     encoder = build_encoder(model_config)
     contexts = encode_templates(encoder, templates, train_config.augmentations, model_config.seed)
     row_of = {t.id: i for i, t in enumerate(templates)}
-    decoder = build_decoder(model_config, len(vocabulary), encoder.context_shape)
+    train_inputs, train_targets = make_sequences(tokenizer, train_captions, model_config.max_length)
+    conditioning_data, conditions = None, None
+    if model_config.conditioned:
+        conditioning_data, conditions = build_conditioning(
+            templates, train_captions, train_targets, vocabulary, contexts
+        )
+    num_styles = len(conditioning_data.styles) if conditioning_data else 0
+    decoder = build_decoder(model_config, len(vocabulary), encoder.context_shape, num_styles)
     decoder.compile(
         optimizer=keras.optimizers.Adam(train_config.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
     )
 
-    def dataset(part: list[Caption], shuffle_seed: int | None) -> tf.data.Dataset:
-        inputs, targets = make_sequences(tokenizer, part, model_config.max_length)
-        rows = np.array([row_of[c.template] for c in part], np.int32)
-        return _dataset(rows, inputs, targets, contexts, train_config.batch_size, shuffle_seed)
+    def rows(part: list[Caption]) -> np.ndarray:
+        return np.array([row_of[c.template] for c in part], np.int32)
+
+    train_ds = _dataset(
+        rows(train_captions),
+        train_inputs,
+        train_targets,
+        contexts,
+        train_config.batch_size,
+        model_config.seed,
+        conditions,
+    )
+    val_inputs, val_targets = make_sequences(tokenizer, validation_captions, model_config.max_length)
+    val_conditions = (
+        TrainingConditions(np.zeros((len(val_inputs), 8), np.int32), conditions.style_of_template)
+        if conditions
+        else None
+    )
+    val_ds = _dataset(
+        rows(validation_captions), val_inputs, val_targets, contexts, train_config.batch_size, None, val_conditions
+    )
 
     fit = decoder.fit(
-        dataset(train_captions, model_config.seed),
-        validation_data=dataset(validation_captions, None),
+        train_ds,
+        validation_data=val_ds,
         epochs=train_config.epochs,
         callbacks=[
             # Saved every epoch and removed when fit ends: an interrupted run resumes where it stopped.
@@ -239,8 +350,8 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data_folder: Pat
     )
     history = {name: [float(v) for v in values] for name, values in fit.history.items()}
     history["val_perplexity"] = [math.exp(v) for v in history.get("val_loss", [])]
-    module = caption_module(model_config, encoder, decoder, tokenizer, len(vocabulary))
-    return TrainResult(module, module.contract, history, vocabulary, model_config, train_config)
+    module = caption_module(model_config, encoder, decoder, tokenizer, vocabulary, conditioning_data)
+    return TrainResult(module, module.contract, history, vocabulary, model_config, train_config, conditioning_data)
 
 
 def build_model(preset: str, data_folder: Path, model_base_path: Path, version: int | None = None, **overrides) -> Path:

@@ -38,6 +38,19 @@ def warmup_jpeg(size: int = 48) -> bytes:
     return tf.io.encode_jpeg(pixels.astype(np.uint8)).numpy()
 
 
+def _encode_rows(contract: ModelContract) -> dict[str, np.ndarray]:
+    """One row of each kind: the photo's own topic and style choice, and a given topic and style."""
+    if not contract.conditioned:
+        return {}
+    style = contract.styles[0].encode() if contract.styles else b""
+    return {
+        "image_index": np.zeros(2, np.int32),
+        "topic": np.array([b"", WARMUP_TEXT.encode()], dtype=object),
+        "style": np.array([b"", style], dtype=object),
+        "style_rank": np.array([0, 0], np.int32),
+    }
+
+
 def warmup_inputs(contract: ModelContract) -> dict[str, dict[str, np.ndarray]]:
     """Inputs of one small request for each signature, by signature name."""
     context = np.zeros((1, *contract.context_shape), np.float32)
@@ -54,7 +67,7 @@ def warmup_inputs(contract: ModelContract) -> dict[str, dict[str, np.ndarray]]:
         }
 
     return {
-        ENCODE: {"image_bytes": image},
+        ENCODE: {"image_bytes": image, **_encode_rows(contract)},
         DECODE_STEP: step(contract.state_dtype),
         DECODE_STEP_REST: step("float32"),
         METADATA: {},

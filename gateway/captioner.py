@@ -6,6 +6,7 @@ the same as if it ran alone.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -14,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from gateway.backends import ModelBackend, ModelInfo, ModelVersionGoneError
+from gateway.backends import Condition, ModelBackend, ModelInfo, ModelVersionGoneError
 from gateway.backends.base import GenerateBackend
 from gateway.rerank import blank_image_jpeg, most_specific, specificity
 from gateway.scheduler import BatchScheduler
@@ -31,6 +32,10 @@ class Caption:
     log_prob: float
     specificity: float | None = None
     """log P(caption | image) − log P(caption | blank image), when sampled captions were re-ranked by it."""
+    topic: str | None = None
+    """The topic words the model wrote about (None: a model without conditioning, or `generate`)."""
+    style: str | None = None
+    """The template whose voice the caption took."""
 
     @property
     def text(self) -> str:
@@ -43,6 +48,12 @@ class CaptionResult:
     model_name: str
     model_version: int
     rpcs: int
+    concepts: tuple[tuple[str, float], ...] = ()
+    """What the photo showed: concept words and their probabilities, most likely first."""
+
+
+class UnknownStyleError(ValueError):
+    """A style the model does not have."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,15 @@ class CaptionRequest:
     timeout_seconds: float = 30.0
     cancel: threading.Event | None = None
     """Set when the client has gone away: decoding stops at the next tick."""
+    topic: str = ""
+    """What the caption should be about (free text); "" for what the photo shows."""
+    style: str = ""
+    """A style (template id) the model lists; "" to let the model pick one for each caption."""
+    captions: int = 1
+    """How many captions the request returns: without a style, each takes its own."""
+    style_beam_width: int | None = None
+    """Beam search with one style a caption: the beam width of each caption's search (None: the
+    settings' own)."""
 
 
 class Captioner:
@@ -64,7 +84,8 @@ class Captioner:
         self.backend = backend
         self.info = info
         self.scheduler = scheduler
-        self._blank_context: np.ndarray | None = None
+        self._blank_contexts: dict[str, np.ndarray] = {}
+        """The blank image's context, by style ("": the model's own choice, or no conditioning)."""
         self._blank_lock = threading.Lock()
 
     def search_settings(
@@ -89,6 +110,8 @@ class Captioner:
     ) -> CaptionResult:
         """Beam search with `SearchSettings`, sampling with `SamplingSettings`."""
         request = request or CaptionRequest()
+        if self.info.contract.conditioned:
+            return self._caption_conditioned(image_jpeg, settings, request)
         whole_search = isinstance(settings, SearchSettings) and not request.context_noise
         if whole_search and isinstance(self.backend, GenerateBackend):
             # One model call: the model tokenizes the prefix, encodes and searches in-graph (no noise possible).
@@ -122,32 +145,156 @@ class Captioner:
         )
         rpcs += self.scheduler.decode(search, context, deadline, request.cancel)
         result = self._result(search.results(), rpcs)
-        return self._most_specific(result, context, wanted, deadline) if rerank else result
+        if not rerank:
+            return result
+        kept, calls = self._most_specific_rows([result.captions], context[None], ("",), wanted, deadline)
+        return replace(result, captions=kept[0], rpcs=result.rpcs + calls)
+
+    def conditions(self, request: CaptionRequest) -> list[Condition]:
+        """The context rows of a request: one for a given style; else one a caption, each taking the next
+        best fitting style (with a seed, a random few of the best, so "more like this" varies)."""
+        contract = self.info.contract
+        if request.style:
+            if request.style not in contract.styles:
+                raise UnknownStyleError(f"no style {request.style!r}; see GET /v1/styles")
+            return [Condition(0, request.topic, request.style, 0)]
+        count = max(1, min(request.captions, len(contract.styles) or 1))
+        ranks: list[int] = list(range(count))
+        if request.seed is not None:
+            pool = min(len(contract.styles) or 1, 2 * count + 2)
+            ranks = sorted(int(r) for r in np.random.default_rng(request.seed).choice(pool, count, replace=False))
+        return [Condition(0, request.topic, "", rank) for rank in ranks]
+
+    def _caption_conditioned(
+        self, image_jpeg: bytes, settings: SearchSettings | SamplingSettings, request: CaptionRequest
+    ) -> CaptionResult:
+        """One `encode` call for all of the request's rows, then a search a row, side by side in the ticks."""
+        contract = self.info.contract
+        deadline = time.monotonic() + request.timeout_seconds
+        conditions = self.conditions(request)
+        rows = len(conditions)
+        one_style_each = not request.style
+        if isinstance(settings, SearchSettings) and one_style_each:
+            # The best caption of each style's beam (`generate` follows the same rule in-graph).
+            width = request.style_beam_width or settings.beam_width
+            settings = replace(settings, beam_width=width, n_best=1)
+        whole_search = isinstance(settings, SearchSettings) and not request.context_noise
+        if whole_search and isinstance(self.backend, GenerateBackend) and one_style_each and not request.topic:
+            found = self._result(self.backend.generate(image_jpeg, settings, request.prefix, captions=rows), rpcs=1)
+            return replace(found, captions=_one_style_each_in_turn([[c] for c in found.captions]))
+        rpcs = 0
+        prefix: tuple[int, ...] = ()
+        if request.prefix.strip():
+            prefix = self.backend.tokenize(request.prefix)
+            rpcs += 1
+        encoding = self.scheduler.encode_rows([image_jpeg], conditions, deadline)
+        rpcs += 1
+        contexts = encoding.contexts
+        if request.context_noise > 0:
+            rng = np.random.default_rng(request.seed)
+            contexts = contexts + rng.normal(0.0, request.context_noise * float(contexts.std()), contexts.shape)
+            contexts = contexts.astype(np.float32)
+        rerank = isinstance(settings, SamplingSettings) and settings.rerank > 1
+        per_row = 1
+        if isinstance(settings, SamplingSettings):
+            per_row = -(-settings.n // rows)
+            row_settings = [
+                replace(
+                    settings,
+                    n=per_row * (settings.rerank if rerank else 1),
+                    seed=None if settings.seed is None else settings.seed + row,
+                )
+                for row in range(rows)
+            ]
+        else:
+            row_settings = [settings] * rows
+        searches = [
+            (BeamSearch if isinstance(row, SearchSettings) else Sampling)(
+                row,
+                contract.start_id,
+                contract.end_id,
+                contract.sep_id,
+                contract.state_size,
+                contract.unk_id,
+                prefix=prefix,
+                pad_id=contract.pad_id,
+            )
+            for row in row_settings
+        ]
+        rpcs += self.scheduler.decode_all(searches, contexts, deadline, request.cancel)
+        per_row_captions = [
+            [
+                replace(c, topic=encoding.topics[row], style=encoding.styles[row])
+                for c in self._result(s.results(), 0).captions
+            ]
+            for row, s in enumerate(searches)
+        ]
+        if rerank:
+            per_row_captions, calls = self._most_specific_rows(
+                per_row_captions, contexts, encoding.styles, per_row, deadline
+            )
+            rpcs += calls
+        merged = _one_style_each_in_turn(per_row_captions)
+        return CaptionResult(merged, self.info.name, self.info.version, rpcs, encoding.concepts[0])
+
+    def _blank_contexts_for(self, styles: set[str], deadline: float) -> int:
+        """Encode the blank image in each style not seen yet, in one call; returns the calls made."""
+        with self._blank_lock:
+            missing = sorted(styles - set(self._blank_contexts))
+            if not missing:
+                return 0
+            conditions = [Condition(0, "", style, 0) for style in missing]
+            encoding = self.scheduler.encode_rows([blank_image_jpeg()], conditions, deadline, joins=False)
+            self._blank_contexts.update(zip(missing, encoding.contexts, strict=True))
+            return 1
+
+    def _most_specific_rows(
+        self,
+        per_row: list[list[Caption]],
+        contexts: np.ndarray,
+        styles: tuple[str, ...],
+        n: int,
+        deadline: float,
+    ) -> tuple[list[list[Caption]], int]:
+        """Each row's `n` sampled captions the image explains best, against the blank image in the row's
+        style: one `score` call for all rows."""
+        calls = self._blank_contexts_for(set(styles), deadline)
+        texts = [caption_text(c.boxes) for captions in per_row for c in captions]
+        if not texts:
+            return per_row, calls
+        rows = [row for row, captions in enumerate(per_row) for _ in captions]
+        blanks = np.stack([self._blank_contexts[styles[row]] for row in rows])
+        log_probs = self.backend.score(np.concatenate([contexts[rows], blanks]), texts + texts)
+        scores = specificity(log_probs[: len(texts)], log_probs[len(texts) :])
+        kept, start = [], 0
+        for captions in per_row:
+            own = scores[start : start + len(captions)]
+            own_texts = texts[start : start + len(captions)]
+            start += len(captions)
+            kept.append([replace(captions[i], specificity=float(own[i])) for i in most_specific(own, own_texts, n)])
+        return kept, calls + 1
 
     def _result(self, hypotheses: list[Hypothesis], rpcs: int) -> CaptionResult:
         vocabulary, contract = self.info.vocabulary, self.info.contract
         captions = [Caption(ids_to_boxes(h.ids, vocabulary, contract), h.score, h.log_prob) for h in hypotheses]
         return CaptionResult([c for c in captions if c.boxes], self.info.name, self.info.version, rpcs)
 
-    def _most_specific(self, result: CaptionResult, context: np.ndarray, n: int, deadline: float) -> CaptionResult:
-        """Keep the `n` sampled captions the image explains best: one `score` call over image and blank."""
-        if not result.captions:
-            return result
-        rpcs = result.rpcs
-        if self._blank_context is None:
-            with self._blank_lock:
-                if self._blank_context is None:
-                    self._blank_context = self.scheduler.encode(blank_image_jpeg(), deadline, joins=False)
-                    rpcs += 1
-        texts = [caption_text(c.boxes) for c in result.captions]
-        count = len(texts)
-        contexts = np.concatenate(
-            [np.repeat(context[None], count, axis=0), np.repeat(self._blank_context[None], count, axis=0)]
-        )
-        log_probs = self.backend.score(contexts, texts + texts)
-        scores = specificity(log_probs[:count], log_probs[count:])
-        captions = [replace(result.captions[i], specificity=float(scores[i])) for i in most_specific(scores, texts, n)]
-        return replace(result, captions=captions, rpcs=rpcs + 1)
+
+def _one_style_each_in_turn(per_row: list[list[Caption]]) -> list[Caption]:
+    """One caption of each style in turn (each turn best first), so the first n differ in more than
+    their last words; two styles may still agree on a caption, which is shown once."""
+    merged, seen = [], set()
+    for turn in itertools.zip_longest(*per_row):
+        for caption in sorted((c for c in turn if c is not None), key=_rank):
+            if caption.text not in seen:
+                seen.add(caption.text)
+                merged.append(caption)
+    return merged
+
+
+def _rank(caption: Caption) -> float:
+    """Best first: the most image-specific of re-ranked samples, else the best scored."""
+    return -(caption.specificity if caption.specificity is not None else caption.score)
 
 
 class ModelSession:

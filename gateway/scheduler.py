@@ -15,11 +15,11 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from gateway.backends import ModelBackend
+from gateway.backends import Condition, Encoding, ModelBackend
 from gateway.search import BeamSearch, Sampling
 
 
@@ -58,7 +58,8 @@ class _Job:
 
 @dataclass
 class _EncodeJob:
-    image: bytes
+    images: list[bytes]
+    conditions: list[Condition]
     deadline: float
     joins: bool = True
     counted: bool = False
@@ -113,9 +114,17 @@ class BatchScheduler:
     # Request side -----------------------------------------------------------------------------
 
     def encode(self, image: bytes, deadline: float, joins: bool = True) -> np.ndarray:
-        """The context row for one image; blocks until the merged `encode` call returns. `joins`: a
-        `decode` for this request follows at once, so the next tick may wait a moment for it."""
-        job = _EncodeJob(image, deadline, joins=joins)
+        """The context row for one image (the model's own topic and style); blocks until the merged
+        `encode` call returns. `joins`: a `decode` for this request follows at once, so the next tick
+        may wait a moment for it."""
+        return self.encode_rows([image], [Condition(0)], deadline, joins).contexts[0]
+
+    def encode_rows(
+        self, images: list[bytes], conditions: list[Condition], deadline: float, joins: bool = True
+    ) -> Encoding:
+        """A context for each row of `conditions` (indices into `images`), merged into one `encode` call
+        with the other requests' images."""
+        job = _EncodeJob(list(images), list(conditions), deadline, joins=joins)
         with self._wake:
             self._check_open()
             self._encodes.append(job)
@@ -148,6 +157,27 @@ class BatchScheduler:
             return self._wait(job.future, deadline)
         finally:
             job.cancelled = True
+
+    def decode_all(
+        self,
+        searches: list[BeamSearch | Sampling],
+        contexts: np.ndarray,
+        deadline: float,
+        cancel: threading.Event | None = None,
+    ) -> int:
+        """Run one request's searches side by side (search i on `contexts[i]`), sharing each tick;
+        returns how many `decode_step` calls they took part in."""
+        jobs = [_Job(search, context, deadline, cancel) for search, context in zip(searches, contexts, strict=True)]
+        with self._wake:
+            self._check_open()
+            self._jobs.extend(jobs)
+            self._joining = max(0, self._joining - 1)
+            self._wake.notify_all()
+        try:
+            return max((self._wait(job.future, deadline) for job in jobs), default=0)
+        finally:
+            for job in jobs:
+                job.cancelled = True
 
     def close(self) -> None:
         with self._wake:
@@ -205,20 +235,36 @@ class BatchScheduler:
                 _settle(job.future, error=DeadlineExceeded("deadline passed before encoding"))
         if not live:
             return
+        images: list[bytes] = []
+        conditions: list[Condition] = []
+        for job in live:
+            conditions += [replace(c, image=c.image + len(images)) for c in job.conditions]
+            images += job.images
         try:
-            contexts = self.backend.encode([job.image for job in live])
+            encoding = self.backend.encode_rows(images, conditions)
         except Exception as error:  # every waiting request learns why
             for job in live:
                 _settle(job.future, error=error)
             return
         self.stats.encode_calls += 1
-        self.stats.encode_images += len(live)
+        self.stats.encode_images += len(images)
         with self._wake:
             for job in live:
                 job.counted = job.joins
             self._joining += sum(job.joins for job in live)
-        for job, context in zip(live, contexts, strict=True):
-            _settle(job.future, context)
+        row = image = 0
+        for job in live:
+            rows = slice(row, row + len(job.conditions))
+            row, image, first = rows.stop, image + len(job.images), image
+            _settle(
+                job.future,
+                Encoding(
+                    encoding.contexts[rows],
+                    encoding.topics[rows],
+                    encoding.styles[rows],
+                    encoding.concepts[first:image],
+                ),
+            )
 
     def _take_batch(self) -> list[_Job]:
         now = time.monotonic()

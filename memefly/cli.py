@@ -79,11 +79,13 @@ def evaluate(
     from export.evaluate import write_reports
     from export.model_card import write_model_card
 
-    report = run_evaluation(bundle_dir, resolve_data_dir(data_dir))
+    report = run_evaluation(
+        bundle_dir, resolve_data_dir(data_dir), contact_sheet=(out_dir or bundle_dir) / "contact_sheet.png"
+    )
     write_reports(report, out_dir or bundle_dir)
     if out_dir is None or out_dir == bundle_dir:
         typer.echo(f"wrote {write_model_card(bundle_dir)}")
-    typer.echo(json.dumps({k: v for k, v in report.items() if k != "examples"}, indent=2))
+    typer.echo(json.dumps({k: v for k, v in report.items() if not isinstance(v, dict | list)}, indent=2))
 
 
 @app.command()
@@ -95,10 +97,12 @@ def generate(
     ] = None,
     beam_width: Annotated[int, typer.Option(min=1, max=16)] = 4,
     image_format: Annotated[str, typer.Option("--format", help="png, jpeg or webp")] = "png",
+    topic: Annotated[str, typer.Option(help="what the captions are about; default: what each photo shows")] = "",
+    style: Annotated[str, typer.Option(help="a style (template id) to write in; default: one that fits")] = "",
 ) -> None:
     """Caption images and write the memes to a folder, with a progress bar."""
     from gateway.app import make_backend
-    from gateway.captioner import ModelSession
+    from gateway.captioner import CaptionRequest, ModelSession, UnknownStyleError
     from gateway.errors import ApiError
     from gateway.images import model_input, open_upload
     from gateway.render import render_meme
@@ -118,11 +122,17 @@ def generate(
                 except ApiError as error:
                     typer.echo(f"\nskipped {path}: {error.message}", err=True)
                     continue
-                result = captioner.caption(model_input(image, settings.model_input_max_side), search)
-                boxes = result.captions[0].boxes if result.captions else []
+                request = CaptionRequest(topic=topic, style=style, style_beam_width=settings.style_beam_width)
+                try:
+                    result = captioner.caption(model_input(image, settings.model_input_max_side), search, request)
+                except UnknownStyleError as error:
+                    raise typer.BadParameter(str(error), param_hint="--style") from error
+                best = result.captions[0] if result.captions else None
+                boxes = best.boxes if best else []
                 target = out_dir / f"{path.stem}.{extension}"
                 target.write_bytes(render_meme(image, boxes, format=image_format.upper()))
-                typer.echo(f"\n{target}: {' / '.join(boxes)}")
+                used = f" [{best.style}; {best.topic or 'no topic'}]" if best and best.style else ""
+                typer.echo(f"\n{target}: {' / '.join(boxes)}{used}")
     finally:
         session.close()
 

@@ -54,11 +54,39 @@ class SignatureSpec:
 
 
 def encode_signature(context_shape: tuple[int, ...]) -> SignatureSpec:
-    """`image_bytes` (JPEG/PNG bytes, decoded and resized in-graph) → `context`."""
+    """`image_bytes` (JPEG/PNG bytes, decoded and resized in-graph) → `context`: a model without conditioning."""
     return SignatureSpec(
         ENCODE,
         inputs=(TensorSpec("image_bytes", "string", (None,)),),
         outputs=(TensorSpec("context", "float32", (None, *context_shape)),),
+    )
+
+
+def conditioned_encode_signature(context_shape: tuple[int, ...], concepts_per_image: int) -> SignatureSpec:
+    """N images and M conditioning rows → M contexts, each an image with a topic and a style folded in.
+
+    Row m conditions image `image_index[m]` on `topic[m]` (free text; "" for the image's own concept
+    words) and `style[m]` (a style name from the contract's `styles`; "" for the `style_rank[m]`-th style
+    that best fits the row's topic and image). The outputs say which topic words and style each row used,
+    and each image's `concepts_per_image` concept words with their probabilities ("" and 0 past the last).
+    One image captioned in several styles is sent, and encoded, once.
+    """
+    return SignatureSpec(
+        ENCODE,
+        inputs=(
+            TensorSpec("image_bytes", "string", (None,)),
+            TensorSpec("image_index", "int32", (None,)),
+            TensorSpec("topic", "string", (None,)),
+            TensorSpec("style", "string", (None,)),
+            TensorSpec("style_rank", "int32", (None,)),
+        ),
+        outputs=(
+            TensorSpec("context", "float32", (None, *context_shape)),
+            TensorSpec("topic", "string", (None,)),
+            TensorSpec("style", "string", (None,)),
+            TensorSpec("concepts", "string", (None, concepts_per_image)),
+            TensorSpec("concept_probs", "float32", (None, concepts_per_image)),
+        ),
     )
 
 
@@ -136,6 +164,10 @@ the gateway's `SearchSettings`; `max_length` is capped at the model's. Outputs h
 captions of each image, best first: `ids` [N, n_best, max_length] padded with `<pad>`, `text` with one
 line a box (`BOX_SEPARATOR_TEXT`). A slot with no caption has length 0, text "" and score -inf.
 Scalar settings make it columnar-only over REST (`{"inputs": ...}`), as `decode_step` is.
+
+A `conditioned` model follows the gateway's rule for a photo without a given style: `n_best` is how many
+captions, each in its own style (the best fitting first) with the photo's concepts as topic, each the
+best of its own beam of `beam_width`; they come in style order.
 """
 
 METADATA_SIGNATURE = SignatureSpec(
@@ -159,6 +191,14 @@ class ModelContract:
     context_shape: tuple[int, ...]
     state_dtype: str = "float32"
     """How `decode_step`'s state travels; models exported before it existed send float32."""
+    conditioned: bool = False
+    """`encode` takes topics and styles (`conditioned_encode_signature`); models exported before it
+    existed take images alone."""
+    styles: tuple[str, ...] = ()
+    """The template ids whose voice the model learned, in style-id order."""
+    concept_words: tuple[str, ...] = ()
+    """Every word `encode` may name as a concept."""
+    concepts_per_image: int = 0
     special_tokens: dict[str, int] = field(default_factory=lambda: {token: i for i, token in enumerate(SPECIAL_TOKENS)})
 
     @property
@@ -183,6 +223,8 @@ class ModelContract:
 
     @property
     def encode(self) -> SignatureSpec:
+        if self.conditioned:
+            return conditioned_encode_signature(self.context_shape, self.concepts_per_image)
         return encode_signature(self.context_shape)
 
     @property
@@ -206,7 +248,9 @@ class ModelContract:
     @classmethod
     def from_json(cls, text: str | bytes) -> ModelContract:
         fields = json.loads(text)
-        fields["context_shape"] = tuple(fields["context_shape"])
+        for name in ("context_shape", "styles", "concept_words"):
+            if name in fields:
+                fields[name] = tuple(fields[name])
         return cls(**fields)
 
 

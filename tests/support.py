@@ -116,3 +116,21 @@ def assert_score_equals_summed_decode_step_log_probs(loaded, contract, context, 
     scored = loaded.signatures[SCORE](context=context, text=tf.constant([text]))
     assert scored["num_tokens"].numpy().tolist() == [len(ids)]
     assert scored["log_prob"].numpy()[0] == pytest.approx(total, abs=1e-3)
+
+
+def encode_arrays(images: list[bytes], conditioned: bool = True) -> dict:
+    """`encode`'s inputs as NumPy arrays: the images, and for a conditioned model one row an image with
+    the model's own topic and style choice."""
+    import numpy as np
+
+    from gateway.backends.base import default_conditions, encode_inputs
+
+    arrays = {"image_bytes": np.array(images, dtype=object)}
+    return arrays | (encode_inputs(default_conditions(len(images))) if conditioned else {})
+
+
+def encode_kwargs(images: list[bytes], conditioned: bool = True) -> dict:
+    """`encode_arrays` as TensorFlow tensors, to call the signature in-process."""
+    import tensorflow as tf
+
+    return {name: tf.constant(value) for name, value in encode_arrays(images, conditioned).items()}

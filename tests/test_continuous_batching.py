@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gateway.backends import Condition, Encoding
 from gateway.backends.embedded import EmbeddedBackend
 from gateway.captioner import CaptionRequest, ModelSession
 from gateway.scheduler import DeadlineExceeded
@@ -122,11 +123,11 @@ class _OneEncodeThatWaits(EmbeddedBackend):
         self.encoding_held = threading.Event()
         self.release = threading.Event()
 
-    def encode(self, image_bytes: list[bytes]) -> np.ndarray:
+    def encode_rows(self, image_bytes: list[bytes], conditions: list[Condition]) -> Encoding:
         if self.held in image_bytes:
             self.encoding_held.set()
             self.release.wait(timeout=60)
-        return super().encode(image_bytes)
+        return super().encode_rows(image_bytes, conditions)
 
 
 class _EncoderThatWaits(_OneEncodeThatWaits):

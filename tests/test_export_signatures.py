@@ -13,6 +13,7 @@ from tests.support import (
     MODEL_NAME,
     assert_score_equals_summed_decode_step_log_probs,
     assert_signatures_follow_the_contract,
+    encode_kwargs,
     photo_jpeg,
 )
 
@@ -47,7 +48,7 @@ def test_metadata_gives_vocabulary_with_special_tokens_first(loaded, contract: M
 
 def test_encode_and_decode_step_run_with_contract_shapes(loaded, contract: ModelContract, chelsea_jpeg: bytes) -> None:
 
-    context = loaded.signatures[ENCODE](image_bytes=tf.constant([chelsea_jpeg, photo_jpeg("coffee")]))["context"]
+    context = loaded.signatures[ENCODE](**encode_kwargs([chelsea_jpeg, photo_jpeg("coffee")]))["context"]
     assert context.shape == (2, *contract.context_shape)
     assert context.dtype == tf.float32
     assert not np.allclose(context[0], context[1]), "different photos must give different contexts"
@@ -75,7 +76,7 @@ def test_encode_and_decode_step_run_with_contract_shapes(loaded, contract: Model
 
 
 def test_decode_step_k_is_clipped_to_the_vocabulary(loaded, contract: ModelContract, chelsea_jpeg: bytes) -> None:
-    context = loaded.signatures[ENCODE](image_bytes=tf.constant([chelsea_jpeg]))["context"]
+    context = loaded.signatures[ENCODE](**encode_kwargs([chelsea_jpeg]))["context"]
     outputs = loaded.signatures[DECODE_STEP](
         tokens=tf.constant([contract.start_id]),
         state=tf.zeros([1, contract.state_size], contract.state_dtype),
@@ -100,7 +101,7 @@ def test_tokenize_signature_uses_the_models_vocabulary(loaded, contract: ModelCo
 
 def test_score_equals_summed_decode_step_log_probs(loaded, contract: ModelContract, chelsea_jpeg: bytes) -> None:
     """Teacher-forced `score` and the step-by-step `decode_step` (k = vocabulary) are one model."""
-    context = loaded.signatures[ENCODE](image_bytes=tf.constant([chelsea_jpeg]))["context"]
+    context = loaded.signatures[ENCODE](**encode_kwargs([chelsea_jpeg]))["context"]
     vocabulary = [w.decode() for w in loaded.signatures[METADATA]()["vocabulary"].numpy()]
     assert_score_equals_summed_decode_step_log_probs(
         loaded, contract, context, f"{vocabulary[7]} {vocabulary[9]}\n{vocabulary[8]}"

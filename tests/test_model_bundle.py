@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from export.bundle import (
+    CONDITIONING,
     CONFIG,
     CURVES,
     HISTORY,
@@ -20,7 +22,7 @@ from export.bundle import (
     save_bundle,
 )
 from memefly.contract import DECODE_STEP, ENCODE, METADATA
-from tests.support import MODEL_NAME
+from tests.support import MODEL_NAME, encode_kwargs
 
 
 def test_bundle_holds_only_small_files_and_assembles_to_the_same_model(
@@ -28,7 +30,8 @@ def test_bundle_holds_only_small_files_and_assembles_to_the_same_model(
 ) -> None:
     bundle = tmp_path / "bundle"
     save_bundle(tiny_training, bundle)
-    assert sorted(p.name for p in bundle.iterdir()) == sorted([CONFIG, VOCABULARY, WEIGHTS, HISTORY, TRAINING, CURVES])
+    expected = [CONFIG, VOCABULARY, WEIGHTS, HISTORY, TRAINING, CURVES, CONDITIONING]
+    assert sorted(p.name for p in bundle.iterdir()) == sorted(expected)
     assert json.loads((bundle / HISTORY).read_text())["loss"]
     assert (bundle / CURVES).read_bytes().startswith(b"\x89PNG")
     assert load_train_config(bundle) == tiny_training.train_config
@@ -40,9 +43,13 @@ def test_bundle_holds_only_small_files_and_assembles_to_the_same_model(
 
     assert original[METADATA]()["contract"].numpy() == rebuilt[METADATA]()["contract"].numpy()
     np.testing.assert_array_equal(original[METADATA]()["vocabulary"], rebuilt[METADATA]()["vocabulary"])
-    context = original[ENCODE](image_bytes=tf.constant([chelsea_jpeg]))["context"]
+    encoded = original[ENCODE](**encode_kwargs([chelsea_jpeg]))
+    context = encoded["context"]
     # The context is projected by decoder weights, which the bundle holds in float16.
-    rebuilt_context = rebuilt[ENCODE](image_bytes=tf.constant([chelsea_jpeg]))["context"]
+    rebuilt_encoded = rebuilt[ENCODE](**encode_kwargs([chelsea_jpeg]))
+    rebuilt_context = rebuilt_encoded["context"]
+    for name in ("concepts", "topic"):
+        np.testing.assert_array_equal(encoded[name], rebuilt_encoded[name])
     np.testing.assert_allclose(context, rebuilt_context, atol=0.01)
     inputs = {
         "tokens": tf.constant([1, 5]),
@@ -66,7 +73,10 @@ def test_evaluation_report_has_every_metric(tiny_training, tmp_path: Path, data_
     report = evaluate(
         bundle,
         data_folder,
-        EvaluationSettings(samples_per_template=4, max_validation_captions=200, retrieval_min_captions=50),
+        EvaluationSettings(
+            samples_per_template=4, max_validation_captions=200, retrieval_min_captions=50, decoding_templates=2
+        ),
+        contact_sheet=tmp_path / "contact_sheet.png",
     )
     assert 1 < report["perplexity_with_image"] < tiny_training.contract.vocab_size
     assert report["perplexity_image_blanked"] > 1
@@ -85,8 +95,22 @@ def test_evaluation_report_has_every_metric(tiny_training, tmp_path: Path, data_
     assert all(
         0 <= r["template_retrieval_top1"] <= 1 and 0 < r["distinct_2"] <= 1 for r in report["by_decoding"].values()
     )
+    # The photo section: default captions of photos and templates, adherence to styles and topics.
+    for part in ("photos", "templates"):
+        assert 0 <= report[f"{part}_subject_named_share"] <= 1
+        assert 0 <= report[f"{part}_best_caption_shared_pairs"] <= 1
+        assert 0 <= report[f"{part}_distinct_2_across_photos"] <= 1
+    assert set(report["photo_examples"]) == {"chelsea", "astronaut", "coffee", "rocket"}
+    assert dict(report["photo_examples"]["chelsea"]["concepts"]), "what the encoder saw, as words"
+    assert "one context, beam n-best (the rule before styles)" in report["photo_decoding"]
+    assert 0 <= report["style_adherence"] <= 1 and report["style_adherence_captions"] > 0
+    assert 0 <= report["topic_adherence"] <= 1 and 0 <= report["topic_known_share"] <= 1
+    assert report["perplexity_with_own_topic_words"] > 1 and report["perplexity_without_topic_words"] > 1
+    sheet = Image.open(tmp_path / "contact_sheet.png")
+    assert sheet.size[1] == 4 * 240 and sheet.size[0] == 240 * len(report["contact_sheet_styles"])
     write_reports(report, tmp_path / "report")
-    assert "| perplexity_ratio |" in (tmp_path / "report" / "EVALUATION.md").read_text()
+    written = (tmp_path / "report" / "EVALUATION.md").read_text()
+    assert "| perplexity_ratio |" in written and "| style_adherence |" in written and "## Photos" in written
 
 
 def test_model_card_is_written_from_the_bundles_own_records(tiny_training, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gateway.backends import Condition
 from gateway.backends.embedded import EmbeddedBackend
 from gateway.backends.tfserving import TfServingBackend
 from gateway.captioner import ModelSession
@@ -52,8 +53,10 @@ def _plain_samples_ranked(backend, image: bytes, settings: SamplingSettings) -> 
             image, SamplingSettings(**{**settings.__dict__, "n": settings.n * settings.rerank, "rerank": 1})
         )
         texts = [caption_text(c.boxes) for c in plain.captions]
-        context = backend.encode([image])
-        blank = backend.encode([blank_image_jpeg()])
+        # The blank image is scored in the style the image's caption took.
+        encoding = backend.encode_rows([image], [Condition(0)])
+        context = encoding.contexts
+        blank = backend.encode_rows([blank_image_jpeg()], [Condition(0, "", encoding.styles[0])]).contexts
         with_image = backend.score(np.repeat(context, len(texts), axis=0), texts)
         blanked = backend.score(np.repeat(blank, len(texts), axis=0), texts)
     finally:

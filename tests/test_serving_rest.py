@@ -21,7 +21,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from memefly.contract import DECODE_STEP, ENCODE, METADATA, ModelContract
 from serving.tier import ServingTier, TierOptions
-from tests.support import MODEL_NAME, free_port
+from tests.support import MODEL_NAME, encode_arrays, free_port
 
 MODEL = "scorer"
 
@@ -429,7 +429,7 @@ def test_caption_encode_over_rest_gives_the_grpc_context(caption_rest, caption_s
 
     assert response.status_code == 200, response.text
     context = np.array(response.json()["predictions"], np.float32)
-    expected = grpc_predict(caption_stub, ENCODE, {"image_bytes": np.array([chelsea_jpeg], dtype=object)}, MODEL_NAME)
+    expected = grpc_predict(caption_stub, ENCODE, encode_arrays([chelsea_jpeg]), MODEL_NAME)
     np.testing.assert_array_equal(context, expected["context"])
 
 

@@ -19,7 +19,7 @@ from tensorflow_serving.apis import (
 
 from gateway.backends.tfserving import TfServingBackend
 from memefly.contract import DECODE_STEP, ENCODE, METADATA, SPECIAL_TOKENS, ModelContract, signatures
-from tests.support import MODEL_NAME, free_port, serving_process, wait_for_model_status
+from tests.support import MODEL_NAME, encode_arrays, free_port, serving_process, wait_for_model_status
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_metadata_signature_gives_vocabulary_and_contract(stub, contract: ModelC
 
 def test_encode_then_decode_step_over_grpc(stub, contract: ModelContract, chelsea_jpeg: bytes) -> None:
     context = tf.make_ndarray(
-        predict(stub, ENCODE, {"image_bytes": np.array([chelsea_jpeg], dtype=object)}).outputs["context"]
+        predict(stub, ENCODE, encode_arrays([chelsea_jpeg])).outputs["context"]
     )
     assert context.shape == (1, *contract.context_shape)
     response = predict(
@@ -115,7 +115,7 @@ def test_unknown_model_or_version_is_not_found(stub, name: str, version: int | N
     [
         (ENCODE, {}),
         (ENCODE, {"image_bytes": np.array([1.0, 2.0], np.float32)}),
-        (ENCODE, {"image_bytes": np.array([b"definitely not an image"], dtype=object)}),
+        (ENCODE, encode_arrays([b"definitely not an image"])),
         (DECODE_STEP, {"tokens": np.zeros([2], np.int32)}),
     ],
 )
@@ -158,7 +158,7 @@ def test_packed_answers_carry_the_same_decode_step_as_typed_fields(
         "k": np.int32(4),
     }
     inputs["context"] = tf.make_ndarray(
-        predict(stub, ENCODE, {"image_bytes": np.array([chelsea_jpeg], dtype=object)}).outputs["context"]
+        predict(stub, ENCODE, encode_arrays([chelsea_jpeg])).outputs["context"]
     )
     with grpc.insecure_channel(packed_target) as channel:
         packed = predict(prediction_service_pb2_grpc.PredictionServiceStub(channel), DECODE_STEP, inputs)

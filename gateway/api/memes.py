@@ -7,6 +7,7 @@ import base64
 import binascii
 import threading
 import time
+from dataclasses import replace
 from typing import Annotated, Literal
 from urllib.parse import quote
 
@@ -18,7 +19,7 @@ from starlette.datastructures import UploadFile
 
 from gateway.api.deps import SessionDep, SettingsDep
 from gateway.backends import ModelUnavailableError
-from gateway.captioner import Caption, CaptionRequest, CaptionResult, ModelSession
+from gateway.captioner import Caption, CaptionRequest, CaptionResult, ModelSession, UnknownStyleError
 from gateway.errors import ApiError
 from gateway.images import accepted_formats_text, model_input, open_upload
 from gateway.render import render_meme
@@ -58,6 +59,19 @@ class MemeOptions(BaseModel):
         max_length=200,
         description="The caption's start, which the model completes; end it with a newline "
         "to close the top box so the model writes the bottom one.",
+    )
+    topic: str = Field(
+        "",
+        max_length=100,
+        description='What the caption is about, in your words ("mondays", "my cat"); by default what '
+        "the photo shows. Words the model does not know are dropped (a plural is tried as singular); with none "
+        "left, the photo's own concepts are the topic.",
+    )
+    style: str = Field(
+        "",
+        max_length=100,
+        description="Write in the voice of this template (GET /v1/styles); by default each caption takes a "
+        "style that fits the photo and topic.",
     )
     format: Literal["png", "jpeg", "webp"] = "png"
     uppercase: bool = True
@@ -111,6 +125,13 @@ class CaptionOut(BaseModel):
     specificity: float | None = Field(
         None, description="log P(caption | image) − log P(caption | blank image), when sampling re-ranked by it."
     )
+    topic: str | None = Field(None, description="The topic words the caption was written about.")
+    style: str | None = Field(None, description="The template whose voice the caption took.")
+
+
+class ConceptOut(BaseModel):
+    word: str
+    probability: float
 
 
 class ModelOut(BaseModel):
@@ -121,6 +142,9 @@ class ModelOut(BaseModel):
 
 class MemeResponse(BaseModel):
     captions: list[CaptionOut]
+    concepts: list[ConceptOut] = Field(
+        default_factory=list, description="What the model saw in the photo: words and probabilities."
+    )
     model: ModelOut | None = Field(None, description="Absent when the text was the user's own.")
     rpcs: int = Field(description="Calls made to the model tier for this meme.")
     width: int
@@ -349,6 +373,10 @@ async def _generate(
             seed=options.seed,
             timeout_seconds=max(deadline - time.monotonic(), 1e-3),  # time queued for admission counts
             cancel=cancel,
+            topic=options.topic.strip(),
+            style=options.style.strip(),
+            captions=options.n,
+            style_beam_width=settings.style_beam_width,
         )
         result = await _until_done_or_disconnected(
             request,
@@ -366,12 +394,14 @@ async def _generate(
     except DeadlineExceeded as error:
         metrics.backend_errors.labels("deadline").inc()
         raise ApiError(504, "deadline_exceeded", f"no caption within {settings.request_timeout_seconds} s") from error
+    except UnknownStyleError as error:
+        raise ApiError(422, "unknown_style", str(error)) from error
     except ValueError as error:
         raise ApiError(422, "invalid_image", str(error)) from error
     allowed = [c for c in result.captions if content_filter.allows(c.text)]
     metrics.memes.labels(session.backend.name).inc()
     metrics.rpcs_per_meme.observe(result.rpcs)
-    return CaptionResult(allowed[: options.n], result.model_name, result.model_version, result.rpcs)
+    return replace(result, captions=allowed[: options.n])
 
 
 async def _respond(
@@ -390,9 +420,18 @@ async def _respond(
     if "application/json" in request.headers.get("accept", ""):
         body = MemeResponse(
             captions=[
-                CaptionOut(text=c.text, boxes=c.boxes, score=c.score, log_prob=c.log_prob, specificity=c.specificity)
+                CaptionOut(
+                    text=c.text,
+                    boxes=c.boxes,
+                    score=c.score,
+                    log_prob=c.log_prob,
+                    specificity=c.specificity,
+                    topic=c.topic,
+                    style=c.style,
+                )
                 for c in result.captions
             ],
+            concepts=[ConceptOut(word=word, probability=p) for word, p in result.concepts],
             model=ModelOut(name=result.model_name, version=result.model_version, backend=backend) if backend else None,
             rpcs=result.rpcs,
             width=image.width,

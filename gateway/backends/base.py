@@ -29,6 +29,71 @@ class ModelInfo:
     contract: ModelContract
 
 
+@dataclass(frozen=True)
+class Condition:
+    """One context row of an `encode` call: image `image` of the call with a topic and a style.
+
+    `topic` is free text ("" for the image's own concept words); `style` a style the contract lists
+    ("" for the `style_rank`-th that best fits the row's topic and image).
+    """
+
+    image: int = 0
+    topic: str = ""
+    style: str = ""
+    style_rank: int = 0
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """What `encode` answered: a context a row, what each row used, and what each image showed."""
+
+    contexts: np.ndarray
+    topics: tuple[str, ...]
+    """Each row's topic words, as the model used them ("" for none, or a model without conditioning)."""
+    styles: tuple[str, ...]
+    concepts: tuple[tuple[tuple[str, float], ...], ...]
+    """Each image's concept words with their probabilities, most likely first."""
+
+
+def encode_inputs(conditions: list[Condition]) -> dict[str, np.ndarray]:
+    """The conditioned `encode` signature's row inputs (besides `image_bytes`), as NumPy arrays."""
+    return {
+        "image_index": np.array([c.image for c in conditions], np.int32),
+        "topic": np.array([c.topic.encode("utf-8") for c in conditions], object),
+        "style": np.array([c.style.encode("utf-8") for c in conditions], object),
+        "style_rank": np.array([c.style_rank for c in conditions], np.int32),
+    }
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def encoding_from_outputs(outputs: dict[str, np.ndarray], conditions: list[Condition] | None) -> Encoding:
+    """The `Encoding` of an `encode` answer: conditioned when it has `concepts`, else one context an image
+    gathered into the rows `conditions` asked for (a model exported before conditioning)."""
+    contexts = np.asarray(outputs["context"], np.float32)
+    if "concepts" not in outputs:
+        rows = conditions or [Condition(i) for i in range(len(contexts))]
+        return Encoding(contexts[[c.image for c in rows]], ("",) * len(rows), ("",) * len(rows), ((),) * len(contexts))
+    names = np.asarray(outputs["concepts"])
+    probabilities = np.asarray(outputs["concept_probs"], np.float32)
+    concepts = tuple(
+        tuple((_text(w), float(p)) for w, p in zip(row_names, row_probs, strict=True) if _text(w))
+        for row_names, row_probs in zip(names, probabilities, strict=True)
+    )
+    return Encoding(
+        contexts,
+        tuple(_text(t) for t in np.asarray(outputs["topic"]).reshape(-1)),
+        tuple(_text(t) for t in np.asarray(outputs["style"]).reshape(-1)),
+        concepts,
+    )
+
+
+def default_conditions(images: int) -> list[Condition]:
+    return [Condition(i) for i in range(images)]
+
+
 class DecodeStepResult(NamedTuple):
     top_log_probs: np.ndarray
     top_ids: np.ndarray
@@ -50,7 +115,13 @@ class ModelBackend(Protocol):
         """This backend with every call addressed to `version` (sharing its connection)."""
         ...
 
-    def encode(self, image_bytes: list[bytes]) -> np.ndarray: ...
+    def encode(self, image_bytes: list[bytes]) -> np.ndarray:
+        """One context an image, with the model's own topic and style choice when it has conditioning."""
+        ...
+
+    def encode_rows(self, image_bytes: list[bytes], conditions: list[Condition]) -> Encoding:
+        """A context for each row of `conditions` (one `encode` call; each image sent once)."""
+        ...
 
     def tokenize(self, text: str) -> tuple[int, ...]:
         """The model's own tokens for `text` (its `tokenize` signature): no tokenizer in the gateway."""
@@ -71,6 +142,9 @@ class ModelBackend(Protocol):
 class GenerateBackend(Protocol):
     """A backend that answers a whole beam search in one model call (the model's `generate` signature)."""
 
-    def generate(self, image_jpeg: bytes, settings: SearchSettings, prefix: str = "") -> list[Hypothesis]:
-        """The n best captions of one image, best first; `prefix` is tokenized by the model."""
+    def generate(
+        self, image_jpeg: bytes, settings: SearchSettings, prefix: str = "", captions: int | None = None
+    ) -> list[Hypothesis]:
+        """The n best captions of one image, best first; `prefix` is tokenized by the model. A model with
+        styles gives `captions` captions instead, each the best of its own style's beam, in style order."""
         ...

@@ -7,7 +7,17 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from gateway.backends.base import DecodeStepResult, ModelInfo, ModelUnavailableError, ModelVersionGoneError
+from gateway.backends.base import (
+    Condition,
+    DecodeStepResult,
+    Encoding,
+    ModelInfo,
+    ModelUnavailableError,
+    ModelVersionGoneError,
+    default_conditions,
+    encode_inputs,
+    encoding_from_outputs,
+)
 from memefly.contract import DECODE_STEP, ENCODE, METADATA, SCORE, TOKENIZE, ModelContract
 
 
@@ -33,6 +43,7 @@ class EmbeddedBackend:
         self._decode_step = self._loaded.signatures[DECODE_STEP]
         self._metadata = self._loaded.signatures[METADATA]
         self._state_dtype = self._decode_step.structured_input_signature[1]["state"].dtype
+        self._conditioned = "image_index" in self._encode.structured_input_signature[1]
 
     def available_version(self) -> int:
         """The version loaded at start-up: the embedded backend serves one version per process."""
@@ -50,10 +61,17 @@ class EmbeddedBackend:
         return ModelInfo(self.model_name, self.version, vocabulary, contract)
 
     def encode(self, image_bytes: list[bytes]) -> np.ndarray:
+        return self.encode_rows(image_bytes, default_conditions(len(image_bytes))).contexts
+
+    def encode_rows(self, image_bytes: list[bytes], conditions: list[Condition]) -> Encoding:
+        inputs = {"image_bytes": tf.constant(image_bytes, tf.string)}
+        if self._conditioned:
+            inputs |= {name: tf.constant(value) for name, value in encode_inputs(conditions).items()}
         try:
-            return self._encode(image_bytes=tf.constant(image_bytes, tf.string))["context"].numpy()
+            outputs = self._encode(**inputs)
         except tf.errors.InvalidArgumentError as error:
             raise ValueError(f"the model could not decode the image: {error.message}") from error
+        return encoding_from_outputs({name: value.numpy() for name, value in outputs.items()}, conditions)
 
     def tokenize(self, text: str) -> tuple[int, ...]:
         outputs = self._loaded.signatures[TOKENIZE](text=tf.constant([text]))

@@ -34,7 +34,16 @@ import numpy as np
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from gateway.backends.base import DecodeStepResult, ModelInfo, ModelUnavailableError
+from gateway.backends.base import (
+    Condition,
+    DecodeStepResult,
+    Encoding,
+    ModelInfo,
+    ModelUnavailableError,
+    default_conditions,
+    encode_inputs,
+    encoding_from_outputs,
+)
 from gateway.search import Hypothesis, SearchSettings
 from memefly.contract import (
     DECODE_STEP,
@@ -92,6 +101,7 @@ class SageMakerBackend:
             self._attributes += f",tfs-model-version={model_version}"
         self._step_signature = DECODE_STEP
         """`decode_step`, or its float32-state twin when the model sends float16 state (not JSON-able)."""
+        self._conditioned = False
 
     def available_version(self) -> int:
         """REST answers do not say which version served them: the pin, or 0 for "whatever is served"."""
@@ -115,16 +125,29 @@ class SageMakerBackend:
         # A scalar in the signature; read as a 1-element list too, which is what the local stand-in can send today.
         contract = ModelContract.from_json(str(np.asarray(_named(outputs, "contract")).reshape(-1)[0]))
         self._step_signature = contract.decode_step_rest.name
+        self._conditioned = contract.conditioned
         version = UNPINNED_VERSION if self.model_version is None else self.model_version
         return ModelInfo(self.model_name, version, vocabulary, contract)
 
     def encode(self, image_bytes: list[bytes]) -> np.ndarray:
-        images = [{"b64": base64.b64encode(image).decode("ascii")} for image in image_bytes]
+        return self.encode_rows(image_bytes, default_conditions(len(image_bytes))).contexts
+
+    def encode_rows(self, image_bytes: list[bytes], conditions: list[Condition]) -> Encoding:
+        inputs: dict[str, Any] = {
+            "image_bytes": [{"b64": base64.b64encode(image).decode("ascii")} for image in image_bytes]
+        }
+        if self._conditioned:
+            inputs |= {
+                name: [v.decode("utf-8") if isinstance(v, bytes) else int(v) for v in value]
+                for name, value in encode_inputs(conditions).items()
+            }
         try:
-            outputs = self._predict(ENCODE, {"image_bytes": images})
+            outputs = self._predict(ENCODE, inputs)
         except ModelRejectedInput as error:
             raise ValueError(f"the model could not decode the image: {error.message}") from error
-        return np.asarray(_named(outputs, "context"), np.float32)
+        if not isinstance(outputs, dict):
+            outputs = {"context": outputs}
+        return encoding_from_outputs({name: np.asarray(value) for name, value in outputs.items()}, conditions)
 
     def tokenize(self, text: str) -> tuple[int, ...]:
         outputs = self._predict(TOKENIZE, {"text": [text]})
@@ -199,13 +222,16 @@ class SageMakerBackend:
 class SageMakerGenerateBackend(SageMakerBackend):
     """One InvokeEndpoint per beam-search request: the model's `generate` signature runs the whole search."""
 
-    def generate(self, image_jpeg: bytes, settings: SearchSettings, prefix: str = "") -> list[Hypothesis]:
-        """The n best captions of one image, best first, by the gateway's search rules, in one call."""
+    def generate(
+        self, image_jpeg: bytes, settings: SearchSettings, prefix: str = "", captions: int | None = None
+    ) -> list[Hypothesis]:
+        """The n best captions of one image, best first, by the gateway's search rules, in one call (with
+        styles: `captions` captions, one a style)."""
         inputs = {
             "image_bytes": [{"b64": base64.b64encode(image_jpeg).decode("ascii")}],
             "prefix": [prefix if prefix.strip() else ""],
             "beam_width": settings.beam_width,
-            "n_best": settings.n_best,
+            "n_best": captions or settings.n_best,
             "max_length": settings.max_length,
             "length_penalty": settings.length_penalty,
             "no_repeat_ngram_size": settings.no_repeat_ngram_size,

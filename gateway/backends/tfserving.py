@@ -14,7 +14,17 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from gateway.backends.base import DecodeStepResult, ModelInfo, ModelUnavailableError, ModelVersionGoneError
+from gateway.backends.base import (
+    Condition,
+    DecodeStepResult,
+    Encoding,
+    ModelInfo,
+    ModelUnavailableError,
+    ModelVersionGoneError,
+    default_conditions,
+    encode_inputs,
+    encoding_from_outputs,
+)
 from gateway.tensors import array_to_proto, proto_to_array, strings_to_proto
 from memefly.contract import DECODE_STEP, ENCODE, METADATA, SCORE, TOKENIZE, ModelContract
 
@@ -52,6 +62,8 @@ class TfServingBackend:
         self.version: int | None = None
         self.state_dtype = np.dtype(np.float32)
         """What `decode_step` takes as state, from the contract `load_metadata` read."""
+        self.conditioned = False
+        """Whether `encode` takes topics and styles, from the contract `load_metadata` read."""
         self._channel = grpc.insecure_channel(
             target,
             options=[
@@ -117,11 +129,21 @@ class TfServingBackend:
         vocabulary = tuple(word.decode("utf-8") for word in proto_to_array(response.outputs["vocabulary"]))
         contract = ModelContract.from_json(proto_to_array(response.outputs["contract"]).item())
         self.state_dtype = np.dtype(contract.state_dtype)
+        self.conditioned = contract.conditioned
         return ModelInfo(self.model_name, response.model_spec.version.value, vocabulary, contract)
 
     def encode(self, image_bytes: list[bytes]) -> np.ndarray:
-        response = self._predict(ENCODE, {"image_bytes": strings_to_proto(image_bytes)})
-        return proto_to_array(response.outputs["context"])
+        return self.encode_rows(image_bytes, default_conditions(len(image_bytes))).contexts
+
+    def encode_rows(self, image_bytes: list[bytes], conditions: list[Condition]) -> Encoding:
+        inputs = {"image_bytes": strings_to_proto(image_bytes)}
+        if self.conditioned:
+            for name, value in encode_inputs(conditions).items():
+                inputs[name] = strings_to_proto(list(value)) if value.dtype == object else array_to_proto(value)
+        response = self._predict(ENCODE, inputs)
+        return encoding_from_outputs(
+            {name: proto_to_array(proto) for name, proto in response.outputs.items()}, conditions
+        )
 
     def tokenize(self, text: str) -> tuple[int, ...]:
         response = self._predict(TOKENIZE, {"text": strings_to_proto([text.encode("utf-8")])})
