@@ -17,7 +17,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import httpx
@@ -29,8 +29,9 @@ from bench.wire import CallLedger, CountingTfServingBackend
 from bench.workload import SearchConfig
 from gateway.backends.base import ModelBackend, ModelInfo
 from gateway.backends.embedded import EmbeddedBackend
-from gateway.captioner import Captioner, ModelSession
+from gateway.captioner import Captioner, CaptionRequest, ModelSession
 from gateway.search import BeamSearch, SearchSettings
+from gateway.settings import Settings
 from gateway.tensors import array_to_proto, proto_to_array, strings_to_proto
 from memefly import contract as contract_module
 from memefly.contract import BOX_SEPARATOR_TEXT, DECODE_STEP, ENCODE, ModelContract
@@ -72,6 +73,16 @@ def search_settings(config: SearchConfig, info: ModelInfo) -> SearchSettings:
         max_length=min(config.max_length, info.contract.max_length),
         length_penalty=config.length_penalty,
     )
+
+
+def product_request_width() -> int:
+    return Settings.model_fields["style_beam_width"].default
+
+
+def product_request(config: SearchConfig) -> CaptionRequest:
+    """As `POST /v1/memes` asks for `n_best` captions: on a model with styles, one style a caption, each
+    the best of a beam of the gateway's `style_beam_width`."""
+    return CaptionRequest(captions=config.n_best, style_beam_width=product_request_width())
 
 
 def _best_caption(search: BeamSearch, info: ModelInfo) -> str:
@@ -330,7 +341,7 @@ class StepLoopMode:
         return search_settings(self.config, captioner.info)
 
     def meme(self, image: bytes) -> MemeOutcome:
-        result = self.session.caption(image, self._settings_for)
+        result = self.session.caption(image, self._settings_for, product_request(self.config))
         return MemeOutcome(result.captions[0].text if result.captions else "", result.rpcs)
 
     def close(self) -> None:
@@ -380,6 +391,9 @@ class GenerateMode:
 
     def meme(self, image: bytes) -> MemeOutcome:
         settings = self.settings
+        if self.info.contract.conditioned:  # the product's rule, as mode 3 runs it: one style a caption
+            width = product_request_width()
+            settings = replace(settings, beam_width=width, n_best=1)
         request = predict_pb2.PredictRequest()
         request.model_spec.name = self.backend.model_name
         request.model_spec.signature_name = contract_module.GENERATE
@@ -388,7 +402,7 @@ class GenerateMode:
             "image_bytes": strings_to_proto([image]),
             "prefix": strings_to_proto([b""]),
             "beam_width": array_to_proto(np.int32(settings.beam_width)),
-            "n_best": array_to_proto(np.int32(settings.n_best)),
+            "n_best": array_to_proto(np.int32(self.settings.n_best)),
             "max_length": array_to_proto(np.int32(settings.max_length)),
             "length_penalty": array_to_proto(np.float32(settings.length_penalty)),
             "no_repeat_ngram_size": array_to_proto(np.int32(settings.no_repeat_ngram_size)),

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +56,9 @@ class EncodeGraphCut:
     """The graph's output tensor."""
     captures: dict[str, tf.Tensor]
     """Placeholder node name → the variable handle the product's function captures there."""
+    row_inputs: dict[str, str] = field(default_factory=dict)
+    """A conditioned `encode`'s row inputs (name → tensor): the seed had none, so the replica feeds one
+    row an image with the model's own topic and style."""
 
 
 def cut_encode_graph(product: tf.Module) -> EncodeGraphCut:
@@ -73,17 +76,39 @@ def cut_encode_graph(product: tf.Module) -> EncodeGraphCut:
             "cannot find where decoded images enter the backbone in the product's `encode` graph "
             f"(TensorListStack ops: {[(op.name, str(op.outputs[0].shape)) for op in stacks]})"
         )
+    inputs = {spec.name: tensor.name for spec, tensor in zip(_input_specs(encode), encode.inputs, strict=False)}
+    outputs = encode.structured_outputs
+    # `outputs` flattens in sorted-key order, as `encode.outputs` lists the graph's tensors.
+    context = encode.outputs[sorted(outputs).index("context") if isinstance(outputs, dict) else 0].name
     return EncodeGraphCut(
         graph_def=graph.as_graph_def(),
-        image_bytes=encode.inputs[0].name,
+        image_bytes=inputs.get("image_bytes", encode.inputs[0].name),
         pixels=stacks[0].outputs[0].name,
         pixels_shape=shape,
-        context=encode.outputs[0].name,
+        context=context,
+        row_inputs={name: tensor for name, tensor in inputs.items() if name != "image_bytes"},
         captures={
             internal.op.name: external
             for external, internal in zip(encode.captured_inputs, graph.internal_captures, strict=True)
         },
     )
+
+
+def _input_specs(function) -> list[tf.TensorSpec]:
+    args, kwargs = function.structured_input_signature
+    return [*args, *kwargs.values()]
+
+
+def _default_rows(cut: EncodeGraphCut, value: tf.Tensor) -> dict[str, tf.Tensor]:
+    """One row an image with the model's own topic and style, for a conditioned `encode`."""
+    images = tf.shape(value)[0]
+    defaults = {
+        "image_index": tf.range(images),
+        "topic": tf.fill([images], ""),
+        "style": tf.fill([images], ""),
+        "style_rank": tf.zeros([images], tf.int32),
+    }
+    return {tensor: defaults[name] for name, tensor in cut.row_inputs.items()}
 
 
 def _node_name(tensor_or_input: str) -> str:
@@ -129,6 +154,8 @@ def _graph_slice(cut: EncodeGraphCut, feed: str, fetch: str) -> Callable[[tf.Ten
         graph = tf.compat.v1.get_default_graph()
         # The variables stay the loaded product's: the tracing function captures their handles.
         input_map = {feed: value, **{f"{name}:0": graph.capture(handle) for name, handle in captures.items()}}
+        rows = {tensor: row for tensor, row in _default_rows(cut, value).items() if _node_name(tensor) in kept}
+        input_map |= rows
         [output] = tf.graph_util.import_graph_def(subgraph, input_map=input_map, return_elements=[fetch], name="cut")
         return output
 

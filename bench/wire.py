@@ -19,7 +19,14 @@ import numpy as np
 from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc
 
-from gateway.backends.base import DecodeStepResult, ModelBackend, ModelInfo
+from gateway.backends.base import (
+    Condition,
+    DecodeStepResult,
+    Encoding,
+    ModelBackend,
+    ModelInfo,
+    default_conditions,
+)
 from gateway.backends.tfserving import TfServingBackend
 from gateway.tensors import proto_to_array
 from memefly.contract import DECODE_STEP, ENCODE
@@ -213,10 +220,14 @@ class CountingInProcessBackend:
         return self.backend.tokenize(text)
 
     def encode(self, image_bytes: list[bytes]) -> np.ndarray:
-        context = self.backend.encode(image_bytes)
+        return self.encode_rows(image_bytes, default_conditions(len(image_bytes))).contexts
+
+    def encode_rows(self, image_bytes: list[bytes], conditions: list[Condition]) -> Encoding:
+        encoding = self.backend.encode_rows(image_bytes, conditions)
         image = sum(len(b) for b in image_bytes)
-        self.ledger.record(ENCODE, image, context.nbytes, {"image": image, "context": context.nbytes})
-        return context
+        context = encoding.contexts.nbytes
+        self.ledger.record(ENCODE, image, context, {"image": image, "context": context})
+        return encoding
 
     def decode_step(
         self, tokens: np.ndarray, state: np.ndarray, context: np.ndarray, context_index: np.ndarray, k: int

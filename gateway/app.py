@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from gateway.admission import Admission
-from gateway.api import health, memes, page, styles, templates
+from gateway.api import health, memegen, memes, page, styles, templates
 from gateway.api import metrics as metrics_routes
 from gateway.backends import ModelBackend, ModelInfo, ModelUnavailableError
 from gateway.captioner import ModelSession
@@ -124,5 +124,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(memes.router)
     app.include_router(templates.router)
     app.include_router(styles.router)
+    app.include_router(memegen.router)
     app.include_router(page.router)
     return app

@@ -112,6 +112,8 @@ class Captioner:
         request = request or CaptionRequest()
         if self.info.contract.conditioned:
             return self._caption_conditioned(image_jpeg, settings, request)
+        if request.style:
+            raise UnknownStyleError("this model has no styles (it was exported before them); see GET /v1/styles")
         whole_search = isinstance(settings, SearchSettings) and not request.context_noise
         if whole_search and isinstance(self.backend, GenerateBackend):
             # One model call: the model tokenizes the prefix, encodes and searches in-graph (no noise possible).

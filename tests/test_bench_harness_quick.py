@@ -96,7 +96,8 @@ def test_modes_differ_where_they_should(bench_report: dict) -> None:
     # The original algorithm calls the model once per beam per step; the step loop once per step.
     assert original["rpcs_per_meme"] > product["rpcs_per_meme"] > 1
     assert original["decode_batch_mean"] == 1
-    assert 1 < product["decode_batch_mean"] <= 5
+    # Alone, a meme's beams are all a tick carries: its 3 captions, one style each, beams of 2.
+    assert 1 < product["decode_batch_mean"] <= 3 * 2
     assert product["calls_per_meme_by_signature"]["encode"] == 1
     # Full-vocabulary results outweigh top-k results; context and state cost the same in both.
     results = lambda row: row["bytes_per_meme_by_category"]["results"]  # noqa: E731

@@ -423,12 +423,18 @@ def contract(caption_stub) -> ModelContract:
 
 
 def test_caption_encode_over_rest_gives_the_grpc_context(caption_rest, caption_stub, chelsea_jpeg: bytes) -> None:
-    body = {"signature_name": ENCODE, "instances": [b64(chelsea_jpeg)]}
+    # Images and context rows differ in number, so the conditioned `encode` is columnar-only over REST.
+    rows = {
+        name: [v.decode() if isinstance(v, bytes) else v for v in value.tolist()]
+        for name, value in encode_arrays([chelsea_jpeg]).items()
+        if name != "image_bytes"
+    }
+    body = {"signature_name": ENCODE, "inputs": {"image_bytes": [b64(chelsea_jpeg)], **rows}}
 
     response = caption_rest.post(f"/v1/models/{MODEL_NAME}:predict", json=body)
 
     assert response.status_code == 200, response.text
-    context = np.array(response.json()["predictions"], np.float32)
+    context = np.array(response.json()["outputs"]["context"], np.float32)
     expected = grpc_predict(caption_stub, ENCODE, encode_arrays([chelsea_jpeg]), MODEL_NAME)
     np.testing.assert_array_equal(context, expected["context"])
 
