@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from gateway.admission import Admission
-from gateway.api import health, memegen, memes, page, styles, templates
+from gateway.api import automatic, health, memegen, memes, page, styles, templates
 from gateway.api import metrics as metrics_routes
 from gateway.backends import ModelBackend, ModelInfo, ModelUnavailableError
 from gateway.captioner import ModelSession
@@ -121,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)
     app.include_router(health.router)
     app.include_router(metrics_routes.router)
+    app.include_router(automatic.router)
     app.include_router(memes.router)
     app.include_router(templates.router)
     app.include_router(styles.router)

@@ -10,7 +10,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -20,6 +20,8 @@ from gateway.backends.base import GenerateBackend
 from gateway.rerank import blank_image_jpeg, most_specific, specificity
 from gateway.scheduler import BatchScheduler
 from gateway.search import BeamSearch, Hypothesis, Sampling, SamplingSettings, SearchSettings
+from gateway.template_picker import TemplatePicker
+from gateway.templates import Template
 from memefly.text import caption_text, ids_to_boxes
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,7 @@ class Captioner:
         self.backend = backend
         self.info = info
         self.scheduler = scheduler
+        self._picker: TemplatePicker | None = None
         self._blank_contexts: dict[str, np.ndarray] = {}
         """The blank image's context, by style ("": the model's own choice, or no conditioning)."""
         self._blank_lock = threading.Lock()
@@ -151,6 +154,13 @@ class Captioner:
             return result
         kept, calls = self._most_specific_rows([result.captions], context[None], ("",), wanted, deadline)
         return replace(result, captions=kept[0], rpcs=result.rpcs + calls)
+
+    def template_picker(self, templates: Sequence[Template]) -> TemplatePicker:
+        """Text to template on this version (its styles), built once."""
+        with self._blank_lock:
+            if self._picker is None:
+                self._picker = TemplatePicker(self.backend, templates, self.info.contract.styles)
+            return self._picker
 
     def conditions(self, request: CaptionRequest) -> list[Condition]:
         """The context rows of a request: one for a given style; else one a caption, each taking the next
