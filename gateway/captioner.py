@@ -55,7 +55,7 @@ class CaptionResult:
 
 
 class UnknownStyleError(ValueError):
-    """A style the model does not have."""
+    """A style the model does not have, or a topic or style asked of a model without conditioning."""
 
 
 @dataclass(frozen=True)
@@ -115,8 +115,13 @@ class Captioner:
         request = request or CaptionRequest()
         if self.info.contract.conditioned:
             return self._caption_conditioned(image_jpeg, settings, request)
-        if request.style:
-            raise UnknownStyleError("this model has no styles (it was exported before them); see GET /v1/styles")
+        asked = [name for name in ("topic", "style") if getattr(request, name)]
+        if asked:
+            raise UnknownStyleError(
+                f"the served model version {self.info.version} has no topic or style conditioning (its contract "
+                f"predates them), so it cannot honour {' and '.join(asked)}; leave them out, or serve a newer "
+                "model (GET /v1/styles lists the styles of the one served)"
+            )
         whole_search = isinstance(settings, SearchSettings) and not request.context_noise
         if whole_search and isinstance(self.backend, GenerateBackend):
             # One model call: the model tokenizes the prefix, encodes and searches in-graph (no noise possible).
@@ -428,10 +433,14 @@ class ModelSession:
             captioner.scheduler.close()
 
     def _lease(self) -> Captioner:
-        captioner = self.captioner()
-        with self._lock:
-            self._leases[id(captioner)] = self._leases.get(id(captioner), 0) + 1
-        return captioner
+        while True:
+            captioner = self.captioner()
+            with self._lock:
+                # Counted under the same hold of the lock that a switch takes: a captioner replaced
+                # since `captioner()` returned may already be closed, so take the new one instead.
+                if captioner is self._captioner:
+                    self._leases[id(captioner)] = self._leases.get(id(captioner), 0) + 1
+                    return captioner
 
     def _release(self, captioner: Captioner) -> None:
         with self._lock:

@@ -177,8 +177,11 @@ def test_a_model_exported_before_conditioning_still_captions_with_the_old_behavi
         assert body["captions"] and body["concepts"] == []
         assert all(c["style"] is None and c["topic"] is None for c in body["captions"])
         assert client.get("/v1/styles").json() == []
-        refused = client.post("/v1/memes", files=files, data={"style": "buzz"})
-        assert refused.status_code == 422 and refused.json()["error"]["code"] == "unknown_style"
+        for asked in ({"style": "buzz"}, {"topic": "mondays"}):
+            refused = client.post("/v1/memes", files=files, data=asked)
+            assert refused.status_code == 422, "never silently ignored"
+            error = refused.json()["error"]
+            assert error["code"] == "unsupported_by_model" and next(iter(asked)) in error["message"]
 
 
 def test_conditioned_encode_over_grpc_equals_in_process(

@@ -395,7 +395,8 @@ async def _generate(
         metrics.backend_errors.labels("deadline").inc()
         raise ApiError(504, "deadline_exceeded", f"no caption within {settings.request_timeout_seconds} s") from error
     except UnknownStyleError as error:
-        raise ApiError(422, "unknown_style", str(error)) from error
+        code = "unknown_style" if session.captioner().info.contract.conditioned else "unsupported_by_model"
+        raise ApiError(422, code, str(error)) from error
     except ValueError as error:
         raise ApiError(422, "invalid_image", str(error)) from error
     allowed = [c for c in result.captions if content_filter.allows(c.text)]
