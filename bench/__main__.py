@@ -28,7 +28,7 @@ def main(
     ] = DEFAULT_DATA_DIR,
     mode: Annotated[
         list[int] | None,
-        typer.Option(help="run only these modes (repeatable; 1 runs in-process and over REST JSON); default 1-6"),
+        typer.Option(help="run only these modes (repeatable; 1 runs in-process and over REST JSON); default 1-7"),
     ] = None,
     concurrency: Annotated[
         list[int] | None, typer.Option(help="concurrent clients (repeatable); default 1 4 16 64, quick: 1 4")
@@ -54,7 +54,7 @@ def main(
         out_dir=out,
         model_name=model_name,
         data_dir=data_dir,
-        modes=tuple(mode or (1, 2, 3, 4, 5, 6)),
+        modes=tuple(mode or (1, 2, 3, 4, 5, 6, 7)),
         concurrencies=tuple(concurrency or (QUICK_CONCURRENCIES if quick else FULL_CONCURRENCIES)),
         rounds=rounds or (1 if quick else 3),
         min_memes=min_memes or (2 if quick else 16),

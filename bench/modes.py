@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -463,3 +464,40 @@ class OfflineBatchedMode:
 
     def close(self) -> None:
         pass
+
+
+# ------------------------------------------------------------------------------------------------
+# 7. Text to template (`POST /v1/memes/automatic`)
+# ------------------------------------------------------------------------------------------------
+
+
+class AutomaticMode:
+    """A caption someone wrote, scored under every styled template in `score` calls (`TemplatePicker`).
+
+    Each image of the workload stands for one text: the templates' own example captions, in turn. The
+    templates' contexts and biases are computed once per model version (the warm-up pays for them)."""
+
+    number = 7
+    title = "text to template (automatic), gRPC"
+    transport = "gRPC"
+
+    def __init__(self, backend: CountingTfServingBackend, info: ModelInfo, templates: list) -> None:
+        from gateway.template_picker import TemplatePicker
+
+        self.backend = backend
+        self.ledger = backend.ledger
+        self.info = info
+        backend.load_metadata()  # the backend learns the contract (conditioned `encode`) from the model
+        self.picker = TemplatePicker(backend.pinned(info.version), templates, info.contract.styles)
+        self.texts = [BOX_SEPARATOR_TEXT.join(t.example) for t in templates if any(t.example)] or ["memes everywhere"]
+
+    def meme(self, image: bytes) -> MemeOutcome:
+        from gateway.template_picker import SCORE_ROWS_PER_CALL
+
+        text = self.texts[zlib.crc32(image) % len(self.texts)]
+        best = self.picker.pick(text, top=1)[0]
+        # One text scored under every template: the rows go in calls of at most SCORE_ROWS_PER_CALL.
+        return MemeOutcome(best.template, -(-len(self.picker.templates) // SCORE_ROWS_PER_CALL))
+
+    def close(self) -> None:
+        self.backend.close()

@@ -15,6 +15,7 @@ from bench import report
 from bench.load import Measurement, closed_loop, offline_batches
 from bench.machine import contention, cpu_sample, machine_facts, training_processes
 from bench.modes import (
+    AutomaticMode,
     FullVocabularyStepMode,
     GenerateMode,
     Mode,
@@ -28,6 +29,7 @@ from bench.serving_tier import free_port, local_serving_tier, wait_until_availab
 from bench.wire import CallLedger, CountingInProcessBackend, CountingTfServingBackend, wire_proposals
 from bench.workload import BenchImage, SearchConfig, load_images
 from gateway.backends.base import ModelInfo
+from gateway.templates import TemplateStore
 from memefly.paths import DEFAULT_DATA_DIR
 
 if TYPE_CHECKING:
@@ -47,8 +49,9 @@ TITLES = {
     4: "gateway step loop, embedded backend",
     5: "in-graph `generate`, one call per meme",
     6: "offline batched, in-process (machine limit)",
+    7: "text to template (`POST /v1/memes/automatic`): one `score` call over every styled template",
 }
-TRANSPORTS = {1: "in-process", 2: "gRPC", 3: "gRPC", 4: "in-process", 5: "gRPC", 6: "in-process"}
+TRANSPORTS = {1: "in-process", 2: "gRPC", 3: "gRPC", 4: "in-process", 5: "gRPC", 6: "in-process", 7: "gRPC"}
 REST_VARIANT = "1-rest"
 """Mode 1 runs twice: in-process (variant "1", its lower bound) and as the seed deployed it (this one)."""
 REST_TITLE = "original Memefly as deployed: the same calls, JSON over TF Serving's REST API (local stand-in)"
@@ -64,7 +67,7 @@ class BenchOptions:
     out_dir: Path
     model_name: str = "memefly"
     data_dir: Path = DEFAULT_DATA_DIR
-    modes: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
+    modes: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7)
     concurrencies: tuple[int, ...] = (1, 4, 16, 64)
     rounds: int = 3
     """Memes per row: `rounds` × concurrency, at least `min_memes`."""
@@ -275,6 +278,20 @@ def run(options: BenchOptions) -> dict[str, Any]:
                         measurement: Measurement = offline_batches(offline, images, batch, options.offline_repeats)
                         rows.append(report.measured_row(6, TITLES[6], "in-process", "raw tensor bytes", measurement))
                         _log_row(rows[-1])
+                elif number == 7:
+                    if not info.contract.styles:
+                        reason = "the model has no styles to choose a template from"
+                        rows.extend(
+                            report.unavailable_row(7, TITLES[7], "gRPC", c, reason) for c in options.concurrencies
+                        )
+                        continue
+                    templates = TemplateStore(options.data_dir).all()
+                    mode = grpc_mode(
+                        lambda backend, ledger, templates=templates: AutomaticMode(backend, info, templates)
+                    )
+                    _warm_up(mode, images, 1, 2)
+                    measure(7, variant, mode, "serialized")
+                    mode.close()
                 else:
                     raise ValueError(f"no mode {number}")
             except Exception as error:  # one broken mode must not lose the others' rows

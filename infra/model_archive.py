@@ -5,6 +5,10 @@ The container serves every `<dir>/<digits>/saved_model.pb` it finds under /opt/m
 `<dir>`, with all its versions loaded (a `specific` version policy). A bare `<version>/` at the root
 would be named `model`; a `<model_name>/` folder keeps the name the gateway asks for.
 
+`code/inference.py` (from `infra/sagemaker_inference.py`) makes the container answer a photo posted as
+`image/jpeg` with its captions. With it, the container's Python service handles every invocation, the
+gateway's JSON included (which it passes through).
+
 Fixed member metadata and gzip header make the same SavedModels give the same bytes, so the S3 key
 (named by the archive's SHA-256) and everything named after it stay unchanged on a rerun.
 """
@@ -20,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _SAVED_MODEL = re.compile(r"([^/]+)/(\d+)/saved_model\.pb")
+INFERENCE_SCRIPT = Path(__file__).with_name("sagemaker_inference.py")
+INFERENCE_SCRIPT_NAME = "code/inference.py"
 
 
 @dataclass(frozen=True)
@@ -66,8 +72,11 @@ def _normalized(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
-def build_model_archive(model_dir: Path, versions: Sequence[int], archive: Path) -> ModelArchive:
-    """Pack `<model_dir>/<version>/` for each version as `<model_dir.name>/<version>/...` into `archive`."""
+def build_model_archive(
+    model_dir: Path, versions: Sequence[int], archive: Path, inference_script: Path | None = INFERENCE_SCRIPT
+) -> ModelArchive:
+    """Pack `<model_dir>/<version>/` for each version as `<model_dir.name>/<version>/...` into `archive`,
+    and `inference_script` (None: none) as `code/inference.py`."""
     model_name = model_dir.name
     archive.parent.mkdir(parents=True, exist_ok=True)
     with archive.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as zipped:
@@ -80,6 +89,10 @@ def build_model_archive(model_dir: Path, versions: Sequence[int], archive: Path)
                 for path in sorted(source.rglob("*")):
                     name = f"{model_name}/{version}/{path.relative_to(source).as_posix()}"
                     tar.add(path, arcname=name, recursive=False, filter=_normalized)
+            if inference_script is not None:
+                code = Path(INFERENCE_SCRIPT_NAME).parent.as_posix()
+                tar.add(inference_script.parent, arcname=code, recursive=False, filter=_normalized)
+                tar.add(inference_script, arcname=INFERENCE_SCRIPT_NAME, recursive=False, filter=_normalized)
     return read_model_archive(archive)
 
 

@@ -18,6 +18,9 @@ and nginx.conf.template; the same files live on in aws/deep-learning-containers)
   picks the model (default: ``SAGEMAKER_TFS_DEFAULT_MODEL_NAME``, else the first configured model),
   the version and the method (default ``predict``).
 - ``/tfs/...`` is TF Serving's REST API; any other path is ``404 {"error": "Not Found"}``.
+- With ``code/inference.py`` beside the models (/opt/ml/model/code/inference.py in the container), the
+  container's Python service answers ``/ping`` and ``/invocations`` instead, running the script's
+  handlers for any content type (``serving/sagemaker_python_service.py``).
 
 Runtime side (``POST /endpoints/{name}/invocations``, sagemaker-runtime 2017-05-13): the request's
 Content-Type, Accept and custom attributes go to ``/invocations``; a 2xx answer is returned with
@@ -34,6 +37,7 @@ from email.message import Message
 
 from serving.http_server import HttpRequest, HttpResponse
 from serving.rest_api import RestApi
+from serving.sagemaker_python_service import PythonService
 
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 JSON_CONTENT_TYPES = ("application/json", "application/jsonlines", "application/jsons")
@@ -52,9 +56,12 @@ _JSON = (("Content-Type", "application/json"),)
 
 
 class SageMakerApi:
-    def __init__(self, rest: RestApi, default_model: str = NO_DEFAULT_MODEL) -> None:
+    def __init__(
+        self, rest: RestApi, default_model: str = NO_DEFAULT_MODEL, python_service: PythonService | None = None
+    ) -> None:
         self._rest = rest
         self._default_model = default_model
+        self._python_service = python_service
 
     def handle(self, request: HttpRequest) -> HttpResponse:
         path = request.path.split("?", 1)[0]
@@ -71,12 +78,17 @@ class SageMakerApi:
         return HttpResponse(404, b'{"error": "Not Found"}', _JSON)
 
     def _ping(self, headers: Message) -> HttpResponse:
+        if self._python_service is not None:
+            return self._python_service.ping()
         status = self._rest.handle("GET", self._tfs_uri(headers, with_method=False), b"")
         if status.status == 200 and b'"AVAILABLE"' in status.body:
             return HttpResponse(200, b"", _JSON)
         return HttpResponse(502, _NGINX_502, (("Content-Type", "text/html"),))
 
     def _invocations(self, headers: Message, body: bytes) -> HttpResponse:
+        if self._python_service is not None:
+            uri = self._tfs_uri(headers, with_method=True)
+            return self._python_service.invoke(headers, body, _tfs_attributes(headers), uri)
         content_type = headers.get("Content-Type")
         data = body.decode("utf-8", "surrogateescape")
         if content_type in JSON_CONTENT_TYPES:
@@ -108,11 +120,7 @@ class SageMakerApi:
         return HttpResponse(response.status, text, (("Content-Type", content_type),))
 
     def _tfs_uri(self, headers: Message, with_method: bool) -> str:
-        attributes = {}
-        for pair in re.findall(r"tfs-[a-z\-]+=[^,]+", headers.get(CUSTOM_ATTRIBUTES) or ""):
-            parts = pair.split("=")
-            if len(parts) == 2:
-                attributes[parts[0]] = parts[1]
+        attributes = _tfs_attributes(headers)
         uri = "/v1/models/" + (attributes.get("tfs-model-name") or self._default_model)
         if "tfs-model-version" in attributes:
             uri += "/versions/" + attributes["tfs-model-version"]
@@ -149,6 +157,15 @@ class SageMakerApi:
             request_id,
         )
         return HttpResponse(424, json.dumps(error).encode(), headers)
+
+
+def _tfs_attributes(headers: Message) -> dict[str, str]:
+    attributes = {}
+    for pair in re.findall(r"tfs-[a-z\-]+=[^,]+", headers.get(CUSTOM_ATTRIBUTES) or ""):
+        parts = pair.split("=")
+        if len(parts) == 2:
+            attributes[parts[0]] = parts[1]
+    return attributes
 
 
 def _json_lines_to_instances(data: str) -> str:

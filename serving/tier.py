@@ -21,6 +21,7 @@ from serving.model_config import ModelConfig, model_configs, read_model_config_f
 from serving.model_store import Batching, ModelStore, poll_forever
 from serving.rest_api import RestApi
 from serving.sagemaker import NO_DEFAULT_MODEL, SageMakerApi
+from serving.sagemaker_python_service import PythonService, ScriptHandlers, find_script, load_script
 from serving.warmup import WarmupOptions
 
 log = logging.getLogger("serving")
@@ -84,8 +85,20 @@ class ServingTier:
             log.error("No loadable version of model(s) %s", ", ".join(missing))
             self.stop(0)
             return False
+        script_handlers = None
+        if options.sagemaker_port:
+            try:
+                script = find_script([m.base_path for m in models])
+                script_handlers = load_script(script) if script else None
+            except Exception as exc:  # whatever the script raises on import
+                # The container's Python service fails to start here too, so /ping never answers.
+                log.error("Cannot load the SageMaker inference script: %s", exc)
+                self.stop(0)
+                return False
+            if script is not None:
+                log.info("SageMaker inference script %s: its handlers answer /invocations", script)
         try:
-            self._open_ports(models)
+            self._open_ports(models, script_handlers)
         except (OSError, RuntimeError) as exc:  # RuntimeError: gRPC's way of saying the port is taken
             log.error("Cannot listen: %s", exc)
             self.stop(0)
@@ -124,7 +137,7 @@ class ServingTier:
         assert self.store is not None
         self.store.apply_config(model_configs(config))
 
-    def _open_ports(self, models: list[ModelConfig]) -> None:
+    def _open_ports(self, models: list[ModelConfig], script_handlers: ScriptHandlers | None = None) -> None:
         assert self.store is not None
         options = self.options
         self._grpc = build_server(
@@ -141,7 +154,12 @@ class ServingTier:
             default_model = os.environ.get("SAGEMAKER_TFS_DEFAULT_MODEL_NAME") or (
                 models[0].name if models else NO_DEFAULT_MODEL
             )
-            self._serve_http(options.sagemaker_port, "sagemaker", SageMakerApi(rest, default_model).handle)
+            service = None
+            if script_handlers is not None:
+                service = PythonService(
+                    script_handlers, rest, f"http://127.0.0.1:{options.sagemaker_port}", options.grpc_port
+                )
+            self._serve_http(options.sagemaker_port, "sagemaker", SageMakerApi(rest, default_model, service).handle)
             log.info(
                 "SageMaker container API at:localhost:%d (default model %s)", options.sagemaker_port, default_model
             )

@@ -50,7 +50,7 @@ def _row_alone(report: dict, variant: str) -> dict:
 
 def test_every_mode_and_load_has_a_row(bench_report: dict) -> None:
     # Mode 1 runs twice: in-process ("1") and over the REST JSON API, as the seed deployed it ("1-rest").
-    for variant in ("1", "1-rest", "2", "3", "4", "5"):
+    for variant in ("1", "1-rest", "2", "3", "4", "5", "7"):
         assert sorted(row["concurrency"] for row in _rows(bench_report, variant)) == list(CONCURRENCIES)
     assert [row["offline_batch"] for row in _rows(bench_report, "6")] == [OFFLINE_BATCH]
     assert {row["transport"] for row in bench_report["rows"] if row["mode"] == 1} == {"in-process", "REST JSON"}
@@ -81,7 +81,8 @@ def test_rows_are_consistent_counts(bench_report: dict) -> None:
         assert sum(row["calls_per_meme_by_signature"].values()) == pytest.approx(row["rpcs_per_meme"])
         assert sum(row["bytes_per_meme_by_category"].values()) == pytest.approx(row["bytes_per_meme"])
         assert row["request_bytes_per_meme"] + row["response_bytes_per_meme"] == pytest.approx(row["bytes_per_meme"])
-        assert row["bytes_per_meme_by_category"]["image"] > 0
+        if row["mode"] != 7:  # text to template sends text, no image
+            assert row["bytes_per_meme_by_category"]["image"] > 0
         if row["concurrency"] == 1:
             # Alone, every model call counted is one the meme itself reports taking part in (the session's
             # periodic version check, GetModelStatus, belongs to no meme).
@@ -104,6 +105,10 @@ def test_modes_differ_where_they_should(bench_report: dict) -> None:
     assert results(full_vocabulary) > 10 * results(product)
     assert product["bytes_kind"] == "serialized" and embedded["bytes_kind"] == "raw tensor bytes"
     assert product["bytes_per_meme_by_category"]["state"] > 0
+    # Text to template: one `score` call a meme, whatever the number of templates.
+    automatic = _row_alone(bench_report, "7")
+    assert automatic["calls_per_meme_by_signature"].get("score") == pytest.approx(1.0)
+    assert automatic["rpcs_per_meme"] == pytest.approx(1.0)
     # Same model, same search, same step loop: the embedded backend finds the same captions.
     assert bench_report["caption_agreement_with_mode_3"]["4"] >= 0.5
     proposals = bench_report["wire_proposals"]["bytes_per_meme"]

@@ -116,6 +116,8 @@ def test_the_model_archive_is_in_the_bucket_in_the_tf_serving_container_layout(f
     with tarfile.open(fileobj=io.BytesIO(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())) as tar:
         names = sorted(tar.getnames())
     assert names == [
+        "code",
+        "code/inference.py",
         "memefly/1",
         "memefly/1/assets",
         "memefly/1/assets.extra",
