@@ -73,13 +73,16 @@ def package(
     version: Annotated[list[int] | None, typer.Option(help="versions to pack (default: the newest)")] = None,
 ) -> None:
     """Build model.tar.gz for the SageMaker TF Serving container from <model_base_path>/<model_name>/."""
-    from infra.model_archive import build_model_archive, newest_version
+    from infra.model_archive import INFERENCE_SCRIPT, build_model_archive, newest_version
 
     settings = _settings()
     model_dir = settings.model_base_path / settings.model_name
+    script = INFERENCE_SCRIPT if settings.image_invocation else None
 
     def build() -> None:
-        archive = build_model_archive(model_dir, version or [newest_version(model_dir)], output)
+        archive = build_model_archive(
+            model_dir, version or [newest_version(model_dir)], output, inference_script=script
+        )
         typer.echo(f"{archive.path}: {archive.model_name} versions {archive.versions}, sha256 {archive.sha256}")
 
     _guarded(build)

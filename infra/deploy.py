@@ -24,6 +24,7 @@ from infra.gateway_service import (
 )
 from infra.iam import ensure_role
 from infra.model_archive import (
+    INFERENCE_SCRIPT,
     ModelArchive,
     available_versions,
     build_model_archive,
@@ -60,7 +61,8 @@ def model_archive(stack: Stack, workdir: Path) -> tuple[ModelArchive, int]:
         model_dir = settings.model_base_path / settings.model_name
         target = settings.model_version or newest_version(model_dir)
         versions = versions_to_pack(target, deployed, available_versions(model_dir))
-        archive = build_model_archive(model_dir, versions, workdir / "model.tar.gz")
+        script = INFERENCE_SCRIPT if settings.image_invocation else None
+        archive = build_model_archive(model_dir, versions, workdir / "model.tar.gz", inference_script=script)
     versions = ",".join(map(str, archive.versions))
     stack.report.echo(
         f"          {archive.path}: {archive.model_name} versions {versions}; gateways use version {target}"

@@ -7,7 +7,7 @@ AWS's TensorFlow Serving container runs this file when the archive holds it as `
 (docker/build_artifacts/sagemaker/python_service.py of aws/sagemaker-tensorflow-serving-container, now
 scripts/docker/tensorflow/inference/sagemaker/python_service.py of aws/deep-learning-containers). Its
 nginx then sends every `/invocations` to that Python service, which calls `input_handler(data, context)`,
-POSTs the string it returns to `context.rest_uri` (TF Serving's REST predict URI), and answers
+POSTs the body it returns to `context.rest_uri` (TF Serving's REST predict URI), and answers
 `output_handler(response, context)`'s `(body, content_type)` with status 200.
 
 - `application/json` bodies go through unchanged and TF Serving's answer comes back unchanged: the
@@ -115,12 +115,13 @@ def refusal(status: int, title: str, description: str) -> Exception:
     return _ContainerError(status, title, description)
 
 
-def input_handler(data: Any, context: Context) -> str:
+def input_handler(data: Any, context: Context) -> bytes:
     """The body POSTed to TF Serving: a JSON body as it came, or a `generate` request for an image."""
     content_type = _media_type(context)
     body = data.read()
     if content_type == JSON_CONTENT_TYPE:
-        return body.decode("utf-8")
+        # Bytes, not text: `requests` sends them as they are, whatever their encoding.
+        return body
     if content_type not in IMAGE_CONTENT_TYPES:
         raise refusal(
             415,
@@ -130,7 +131,8 @@ def input_handler(data: Any, context: Context) -> str:
         )
     if not body:
         raise refusal(400, "empty_image", "the body is empty: send the photo's bytes")
-    return json.dumps(generate_request(body, image_settings(context.custom_attributes)), separators=(",", ":"))
+    request = generate_request(body, image_settings(context.custom_attributes))
+    return json.dumps(request, separators=(",", ":")).encode("ascii")
 
 
 def output_handler(response: Response, context: Context) -> tuple[bytes, str]:

@@ -29,6 +29,11 @@ class DeploySettings(BaseSettings):
     """Version tag of AWS's tensorflow-inference image; use one that loads SavedModels of the export's TF."""
     model_image_uri: str | None = None
     """Overrides the tensorflow-inference image URI built from `tfs_version` and the region."""
+    image_invocation: bool = False
+    """Pack `code/inference.py` (infra/sagemaker_inference.py) so that the endpoint also answers a photo posted
+    as `image/jpeg`. Off by default: with any inference.py, AWS's container sends every invocation, the gateway's
+    JSON too, through its Python service (one more hop), and up to image 2.19 that service answers every error
+    as 500, which the rollback alarm counts (infra/README.md)."""
     endpoint_timeout_seconds: float = Field(1800.0, gt=0)
     poll_seconds: float = Field(15.0, gt=0)
 

@@ -12,9 +12,10 @@ scripts/docker/tensorflow/inference/sagemaker/), and serve.py, which turns nginx
   model_version, method (from the `tfs-*` custom attributes), rest_uri (TF Serving's REST URI for the
   request, as nginx's path builds it), grpc_port, channel, custom_attributes (the whole header),
   request_content_type and accept_header (each "application/json" when absent), content_length, timeout.
-- With the handler pair, the service POSTs `input_handler`'s string to `rest_uri`. From TF Serving 2.20
-  a non-200 answer is raised as `falcon.HTTPError` with TF Serving's status before `output_handler`
-  runs; that is what the stand-in does. (Before 2.20 `output_handler` got it whatever its status.)
+- With the handler pair, the service POSTs `input_handler`'s body (str or bytes) to `rest_uri`. From
+  TF Serving 2.20 a non-200 answer is raised as `falcon.HTTPError` with TF Serving's status before
+  `output_handler` runs; that is what the stand-in does. (Before 2.20 `output_handler` got it whatever
+  its status.)
 - The handler's `(body, content_type)` is answered with status 200 (content type None: falcon's
   default, application/json). A raised `falcon.HTTPError` is answered with its status and falcon's JSON
   `{"title": ..., "description": ...}` (from 2.20; before, it too was a 500); any other exception with

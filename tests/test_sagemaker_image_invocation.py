@@ -25,6 +25,7 @@ from infra.model_archive import INFERENCE_SCRIPT, INFERENCE_SCRIPT_NAME, build_m
 from memefly.contract import GENERATE, GENERATE_SIGNATURE
 from serving.http_server import HttpRequest, HttpResponse
 from serving.sagemaker import SageMakerApi
+from serving.sagemaker_python_service import find_script, load_script
 from tests.support import MODEL_NAME, free_port, photo_jpeg, serving_process
 
 STARTUP_SECONDS = 90
@@ -126,8 +127,11 @@ def model_error(runtime, body: bytes, content_type: str = "image/jpeg", **extra)
     return error["OriginalStatusCode"], json.loads(error["OriginalMessage"])
 
 
-def test_the_archive_carries_the_inference_script_reproducibly(model_base_path: Path, archive: Path, tmp_path: Path):
+def test_the_archive_carries_the_inference_script_reproducibly(
+    model_base_path: Path, archive: Path, tmp_path: Path
+) -> None:
     again = build_model_archive(model_base_path / MODEL_NAME, [1], tmp_path / "again.tar.gz")
+    without = build_model_archive(model_base_path / MODEL_NAME, [1], tmp_path / "bare.tar.gz", inference_script=None)
 
     with tarfile.open(archive) as tar:
         script = tar.getmember(INFERENCE_SCRIPT_NAME)
@@ -135,8 +139,9 @@ def test_the_archive_carries_the_inference_script_reproducibly(model_base_path: 
         code = tar.getmember("code")
     assert packed == INFERENCE_SCRIPT.read_bytes()
     assert (script.mtime, script.uid, script.mode, code.isdir()) == (0, 0, 0o644, True)
-    assert again.sha256 == build_model_archive(model_base_path / MODEL_NAME, [1], tmp_path / "b.tar.gz").sha256
     assert again.path.read_bytes() == archive.read_bytes()
+    with tarfile.open(without.path) as tar:
+        assert not [name for name in tar.getnames() if name.startswith("code")]
 
 
 def test_a_jpeg_gets_the_captions_generate_gives(runtime, generate, chelsea_jpeg: bytes) -> None:
@@ -278,3 +283,13 @@ def test_output_handler_raises_tf_serving_errors_it_is_given() -> None:
 
     assert raised.value.status == "400 Bad Request"
     assert "Invalid JPEG data" in str(raised.value)
+
+
+def test_a_script_without_handlers_stops_the_service_as_in_the_container(tmp_path: Path) -> None:
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "inference.py").write_text("def input_handler(data, context):\n    return data.read()\n")
+
+    assert find_script([tmp_path / MODEL_NAME, tmp_path / "other"]) == tmp_path / "code" / "inference.py"
+    with pytest.raises(NotImplementedError, match="Handlers are not implemented correctly"):
+        load_script(tmp_path / "code" / "inference.py")
+    assert find_script([tmp_path / "elsewhere" / MODEL_NAME]) is None
