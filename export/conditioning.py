@@ -40,6 +40,8 @@ CATCH_PHRASE_SHARE = 0.12
 IMAGE_AFFINITY_WEIGHT = 6.0
 """How much the image's likeness to a template counts against the topic's PMI when styles are chosen."""
 PMI_SMOOTHING = 0.5
+NEAR_TEMPLATE = 0.9
+"""Cosine similarity of backbone features above which an image counts as a template the decoder knows."""
 
 WORDS_FILE = Path(__file__).parent / "concepts" / "imagenet_words.tsv"
 
@@ -196,10 +198,13 @@ class Conditioner(tf.Module):
         probabilities = tf.pad(top.values, [[0, 0], [0, pad]])
         return names, probabilities
 
-    def default_topic_ids(self, names: tf.Tensor, probabilities: tf.Tensor) -> tf.Tensor:
-        """[N, TOPIC_SLOTS] vocabulary ids of the concept words likely enough to be the topic."""
+    def default_topic_ids(self, names: tf.Tensor, probabilities: tf.Tensor, features: tf.Tensor) -> tf.Tensor:
+        """[N, TOPIC_SLOTS] vocabulary ids of the concept words likely enough to be the topic. A known
+        template is its own subject: its concepts ("guy" for most of them) would only pull its captions
+        away from its voice, so it has no default topic."""
         ids = self._lookup(names[:, :TOPIC_SLOTS])
         keep = (probabilities[:, :TOPIC_SLOTS] >= TOPIC_MIN_PROBABILITY) & (names[:, :TOPIC_SLOTS] != "")
+        keep &= ~self.looks_like_a_template(features)[:, None]
         return tf.where(keep, ids, 0)
 
     def _lookup(self, words: tf.Tensor) -> tf.Tensor:
@@ -238,6 +243,31 @@ class Conditioner(tf.Module):
         rank = tf.clip_by_value(style_rank, 0, len(self.styles) - 1)
         chosen = tf.cast(tf.gather(ranked, rank, batch_dims=1), tf.int32) + 1
         return tf.where(tf.equal(tf.strings.strip(style), ""), chosen, named)
+
+    def decoder_features(self, features: tf.Tensor, style_ids: tf.Tensor) -> tf.Tensor:
+        """The image features the decoder is shown: the image's own when it looks like a template it was
+        trained on, else its style's template image (scaled to the image's own norm).
+
+        The decoder saw only template images in training, and with a style given half the time another
+        template's image than its caption's. A photo unlike every template puts its image embedding
+        where training never went (coffee and rocket photos got rare words on repeat); its style's
+        template is an image the decoder knows, and what the photo shows still reaches it as topic words
+        and in the choice of style.
+        """
+        if not self.styles or features.shape.rank != 2:
+            return features
+        norm = tf.norm(features, axis=1, keepdims=True)
+        stand_in = tf.gather(self.style_features, tf.maximum(style_ids - 1, 0)) * norm
+        use = ~self.looks_like_a_template(features) & (style_ids > 0)
+        return tf.where(use[:, None], stand_in, features)
+
+    def looks_like_a_template(self, features: tf.Tensor) -> tf.Tensor:
+        """[M] bool: the image is (nearly) one of the templates with a style."""
+        if not self.styles:
+            return tf.zeros(tf.shape(features)[:1], tf.bool)
+        pooled = tf.reduce_mean(features, axis=1) if features.shape.rank == 3 else features
+        unit = tf.math.l2_normalize(pooled, axis=1)
+        return tf.reduce_max(tf.matmul(unit, self.style_features, transpose_b=True), axis=1) >= NEAR_TEMPLATE
 
     def style_text(self, ids: tf.Tensor) -> tf.Tensor:
         return tf.gather(self.style_names, ids)

@@ -30,7 +30,7 @@ from gateway.captioner import ModelSession
 from gateway.rerank import blank_image_jpeg
 from gateway.search import SamplingSettings, SearchSettings
 from gateway.settings import Settings
-from memefly.contract import SCORE, TOKENIZE
+from memefly.contract import BOX_SEPARATOR_TEXT, SCORE, TOKENIZE
 
 
 @dataclass(frozen=True)
@@ -305,7 +305,7 @@ def _automatic_section(
 ) -> dict:
     """Text to template (`POST /v1/memes/automatic`): held-out human captions of the templates with the
     most captions, their template chosen by the model's `score` and, as the baseline, by TF-IDF."""
-    from gateway.template_picker import TemplatePicker, rank
+    from gateway.template_picker import TemplatePicker
     from gateway.templates import TemplateStore
 
     styles = captioner.info.contract.styles
@@ -323,12 +323,15 @@ def _automatic_section(
     store = TemplateStore(templates[0].image_path.parent.parent) if templates else None
     picker = TemplatePicker(backend, store.all() if store else [], styles)
     texts = [caption_text(c.boxes) for c in held_out]
-    raw = picker.log_probs(texts)
-    scores = rank(raw, picker.bias)
+    scores = picker.scores(texts)
+    # The alternative measured and rejected (gateway/template_picker.py): each template's mean advantage
+    # on the templates' own example captions, subtracted.
+    examples = [BOX_SEPARATOR_TEXT.join(t.example) for t in picker.templates if any(t.example)]
+    corrected = scores - picker.scores(examples).mean(axis=0)[None, :]
     candidates = [t.id for t in picker.templates]
     truth = np.array([candidates.index(c.template) for c in held_out])
     model_rank = (scores > scores[np.arange(len(truth)), truth][:, None]).sum(axis=1)
-    raw_rank = (raw > raw[np.arange(len(truth)), truth][:, None]).sum(axis=1)
+    corrected_rank = (corrected > corrected[np.arange(len(truth)), truth][:, None]).sum(axis=1)
     tfidf_rank = _tfidf_ranks(train_captions, candidates, held_out)
     return {
         "automatic_templates": len(chosen),
@@ -336,8 +339,12 @@ def _automatic_section(
         "automatic_candidates": len(candidates),
         "automatic_top1": float(np.mean(model_rank < 1)),
         "automatic_top5": float(np.mean(model_rank < 5)),
-        "automatic_top1_without_bias_correction": float(np.mean(raw_rank < 1)),
-        "automatic_top5_without_bias_correction": float(np.mean(raw_rank < 5)),
+        "automatic_top1_with_bias_correction": float(np.mean(corrected_rank < 1)),
+        "automatic_top5_with_bias_correction": float(np.mean(corrected_rank < 5)),
+        "automatic_most_picked_share": float(np.bincount(scores.argmax(axis=1)).max() / len(texts)),
+        "automatic_most_picked_share_with_bias_correction": float(
+            np.bincount(corrected.argmax(axis=1)).max() / len(texts)
+        ),
         "automatic_tfidf_top1": float(np.mean(tfidf_rank < 1)),
         "automatic_tfidf_top5": float(np.mean(tfidf_rank < 5)),
     }

@@ -87,12 +87,13 @@ class CaptionModule(tf.Module):
         concepts, concept_probs = conditioner.concepts(
             self.encoder.class_probabilities(features), tf.shape(image_bytes)[0]
         )
-        default_topic = tf.gather(conditioner.default_topic_ids(concepts, concept_probs), image_index)
+        default_topic = tf.gather(conditioner.default_topic_ids(concepts, concept_probs, features), image_index)
         topic_ids = conditioner.topic_ids(topic, default_topic)
         row_features = tf.gather(features, image_index)
         style_ids = conditioner.style_ids(style, style_rank, topic_ids, row_features)
+        shown = conditioner.decoder_features(row_features, style_ids)
         return {
-            "context": self.decoder.encode_context(row_features, topic_ids, style_ids),
+            "context": self.decoder.encode_context(shown, topic_ids, style_ids),
             "topic": conditioner.topic_text(topic_ids),
             "style": conditioner.style_text(style_ids),
             "concepts": concepts,

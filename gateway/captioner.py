@@ -126,7 +126,6 @@ class Captioner:
         if whole_search and isinstance(self.backend, GenerateBackend):
             # One model call: the model tokenizes the prefix, encodes and searches in-graph (no noise possible).
             return self._result(self.backend.generate(image_jpeg, settings, request.prefix), rpcs=1)
-        contract = self.info.contract
         deadline = time.monotonic() + request.timeout_seconds
         rpcs = 0
         prefix: tuple[int, ...] = ()
@@ -142,17 +141,7 @@ class Captioner:
         rerank = isinstance(settings, SamplingSettings) and settings.rerank > 1
         if rerank:
             wanted, settings = settings.n, replace(settings, n=settings.n * settings.rerank)
-        decoding = BeamSearch if isinstance(settings, SearchSettings) else Sampling
-        search = decoding(
-            settings,
-            contract.start_id,
-            contract.end_id,
-            contract.sep_id,
-            contract.state_size,
-            contract.unk_id,
-            prefix=prefix,
-            pad_id=contract.pad_id,
-        )
+        search = self._search(settings, prefix)
         rpcs += self.scheduler.decode(search, context, deadline, request.cancel)
         result = self._result(search.results(), rpcs)
         if not rerank:
@@ -186,7 +175,6 @@ class Captioner:
         self, image_jpeg: bytes, settings: SearchSettings | SamplingSettings, request: CaptionRequest
     ) -> CaptionResult:
         """One `encode` call for all of the request's rows, then a search a row, side by side in the ticks."""
-        contract = self.info.contract
         deadline = time.monotonic() + request.timeout_seconds
         conditions = self.conditions(request)
         rows = len(conditions)
@@ -225,19 +213,7 @@ class Captioner:
             ]
         else:
             row_settings = [settings] * rows
-        searches = [
-            (BeamSearch if isinstance(row, SearchSettings) else Sampling)(
-                row,
-                contract.start_id,
-                contract.end_id,
-                contract.sep_id,
-                contract.state_size,
-                contract.unk_id,
-                prefix=prefix,
-                pad_id=contract.pad_id,
-            )
-            for row in row_settings
-        ]
+        searches = [self._search(row, prefix) for row in row_settings]
         rpcs += self.scheduler.decode_all(searches, contexts, deadline, request.cancel)
         per_row_captions = [
             [
@@ -253,6 +229,20 @@ class Captioner:
             rpcs += calls
         merged = _one_style_each_in_turn(per_row_captions)
         return CaptionResult(merged, self.info.name, self.info.version, rpcs, encoding.concepts[0])
+
+    def _search(self, settings: SearchSettings | SamplingSettings, prefix: tuple[int, ...]) -> BeamSearch | Sampling:
+        contract = self.info.contract
+        decoding = BeamSearch if isinstance(settings, SearchSettings) else Sampling
+        return decoding(
+            settings,
+            contract.start_id,
+            contract.end_id,
+            contract.sep_id,
+            contract.state_size,
+            contract.unk_id,
+            prefix=prefix,
+            pad_id=contract.pad_id,
+        )
 
     def _blank_contexts_for(self, styles: set[str], deadline: float) -> int:
         """Encode the blank image in each style not seen yet, in one call; returns the calls made."""

@@ -53,7 +53,7 @@ async def automatic_meme(
     body: AutomaticMemeRequest, request: Request, session: SessionDep, settings: SettingsDep
 ) -> Response:
     """Chooses the template whose voice best explains your text (the model's `score` under each
-    template's style, less that template's bias toward any text) and draws the text in its boxes."""
+    template's style) and draws the text in its boxes."""
     deadline = time.monotonic() + settings.request_timeout_seconds
     ranked = await _rank(request, session, body.text)
     template = _template(request, ranked[0].template)
