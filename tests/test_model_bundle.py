@@ -108,8 +108,13 @@ def test_evaluation_report_has_every_metric(tiny_training, tmp_path: Path, data_
     assert report["perplexity_with_own_topic_words"] > 1 and report["perplexity_without_topic_words"] > 1
     # Text to template: the model's choice against TF-IDF on held-out human captions.
     assert report["automatic_captions"] > 0 and report["automatic_candidates"] == 8
-    for method in ("automatic", "automatic_tfidf", "automatic_with_bias_correction"):
-        assert 0 <= report[f"{method}_top1"] <= report[f"{method}_top5"] <= 1
+    for top1, top5 in [
+        ("automatic_top1", "automatic_top5"),
+        ("automatic_tfidf_top1", "automatic_tfidf_top5"),
+        ("automatic_top1_with_bias_correction", "automatic_top5_with_bias_correction"),
+    ]:
+        assert 0 <= report[top1] <= report[top5] <= 1
+    assert 0 < report["automatic_most_picked_share"] <= 1
     sheet = Image.open(tmp_path / "contact_sheet.png")
     assert sheet.size[1] == 4 * 240 and sheet.size[0] == 240 * len(report["contact_sheet_styles"])
     write_reports(report, tmp_path / "report")
