@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -299,9 +300,16 @@ def _one_style_each_in_turn(per_row: list[list[Caption]]) -> list[Caption]:
     return merged
 
 
-def _rank(caption: Caption) -> float:
-    """Best first: the most image-specific of re-ranked samples, else the best scored."""
-    return -(caption.specificity if caption.specificity is not None else caption.score)
+def _rank(caption: Caption) -> tuple[bool, float]:
+    """Best first: captions that name their topic, then the most image-specific of re-ranked samples,
+    else the best scored. A style's catch phrase can outscore the topic ("i should buy a boat" for a
+    coffee cup); the meme shown is the first caption, so one about the photo comes first."""
+    named = bool(caption.topic) and bool(_words(caption.topic) & _words(caption.text))
+    return not named, -(caption.specificity if caption.specificity is not None else caption.score)
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[\w']+", text.lower()))
 
 
 class ModelSession:
