@@ -17,6 +17,7 @@ Built once from the training captions (`build_conditioning`), stored in the bund
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -45,21 +46,17 @@ NEAR_TEMPLATE = 0.9
 
 WORDS_FILE = Path(__file__).parent / "concepts" / "imagenet_words.tsv"
 
-_STOP_WORDS: frozenset[str] | None = None
 
-
+@functools.cache
 def stop_words() -> frozenset[str]:
-    global _STOP_WORDS
-    if _STOP_WORDS is None:
-        from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-        # Words captions use as filler that sklearn's list lacks.
-        _STOP_WORDS = frozenset(ENGLISH_STOP_WORDS) | {
-            "im", "i'm", "don't", "dont", "it's", "you're", "can't", "just", "like", "get", "got", "know", "make",
-            "gonna", "want", "say", "said", "really", "time", "one", "good", "going", "let", "people", "thing",
-            "things", "meme", "memes", "that's", "didn't", "doesn't", "isn't", "i'll", "i've", "when", "u", "lol",
-        }  # fmt: skip
-    return _STOP_WORDS
+    # Words captions use as filler that sklearn's list lacks.
+    return frozenset(ENGLISH_STOP_WORDS) | {
+        "im", "i'm", "don't", "dont", "it's", "you're", "can't", "just", "like", "get", "got", "know", "make",
+        "gonna", "want", "say", "said", "really", "time", "one", "good", "going", "let", "people", "thing",
+        "things", "meme", "memes", "that's", "didn't", "doesn't", "isn't", "i'll", "i've", "when", "u", "lol",
+    }  # fmt: skip
 
 
 def content_word_mask(vocabulary: list[str]) -> np.ndarray:
@@ -236,9 +233,7 @@ class Conditioner(tf.Module):
         present = tf.cast(topic_ids > 0, tf.float32)
         pmi = tf.reduce_sum(tf.gather(self.style_pmi, topic_ids) * present[..., None], axis=1)
         pmi /= tf.maximum(tf.reduce_sum(present, axis=1, keepdims=True), 1.0)
-        pooled = tf.reduce_mean(features, axis=1) if features.shape.rank == 3 else features
-        pooled = tf.math.l2_normalize(pooled, axis=1)
-        affinity = pmi + IMAGE_AFFINITY_WEIGHT * tf.matmul(pooled, self.style_features, transpose_b=True)
+        affinity = pmi + IMAGE_AFFINITY_WEIGHT * self._likeness(features)
         ranked = tf.argsort(affinity, axis=1, direction="DESCENDING", stable=True)
         rank = tf.clip_by_value(style_rank, 0, len(self.styles) - 1)
         chosen = tf.cast(tf.gather(ranked, rank, batch_dims=1), tf.int32) + 1
@@ -265,9 +260,12 @@ class Conditioner(tf.Module):
         """[M] bool: the image is (nearly) one of the templates with a style."""
         if not self.styles:
             return tf.zeros(tf.shape(features)[:1], tf.bool)
+        return tf.reduce_max(self._likeness(features), axis=1) >= NEAR_TEMPLATE
+
+    def _likeness(self, features: tf.Tensor) -> tf.Tensor:
+        """[M, S] cosine similarity of each image's (pooled) backbone features with each style's template."""
         pooled = tf.reduce_mean(features, axis=1) if features.shape.rank == 3 else features
-        unit = tf.math.l2_normalize(pooled, axis=1)
-        return tf.reduce_max(tf.matmul(unit, self.style_features, transpose_b=True), axis=1) >= NEAR_TEMPLATE
+        return tf.matmul(tf.math.l2_normalize(pooled, axis=1), self.style_features, transpose_b=True)
 
     def style_text(self, ids: tf.Tensor) -> tf.Tensor:
         return tf.gather(self.style_names, ids)

@@ -164,7 +164,7 @@ def evaluate(
             accuracy, _ = template_retrieval(train_captions, decoded, settings.retrieval_min_captions)
             by_decoding[name] = {"template_retrieval_top1": accuracy, "distinct_2": float(np.mean(variety))}
 
-        automatic = _automatic_section(backend, captioner, templates, train_captions, validation_captions, settings)
+        automatic = _automatic_section(backend, captioner, data_folder, train_captions, validation_captions, settings)
         photos = _photo_section(
             captioner, backend, templates, image_bytes, train_captions, validation_captions, settings, contact_sheet
         )
@@ -223,46 +223,46 @@ def _photo_section(
     template_photos = {t.id: (image_bytes[t.id], set()) for t in templates}
     section: dict = {}
     default = pe.default_request()
+    # The default captions of every photo and template, made once: the photo metrics, the decoding
+    # table's default row and the one-context row (each image's first style) all read them.
+    captioned = {
+        p.name: p for p in pe.caption_photos(captioner, {**skimage, **template_photos}, pe.default_search, default)
+    }
     for part, photos in (("photos", skimage), ("templates", template_photos)):
-        captioned = pe.caption_photos(captioner, photos, pe.default_search, default)
-        section |= {f"{part}_{key}": value for key, value in pe.photo_metrics(captioned).items()}
-        if part == "photos":
-            section["photo_examples"] = {
-                p.name: {
-                    "concepts": [[w, round(v, 3)] for w, v in p.result.concepts],
-                    "captions": [f"{c.text} [{c.style}; {c.topic or 'no topic'}]" for c in p.result.captions],
-                }
-                for p in captioned
-            }
+        section |= {f"{part}_{key}": value for key, value in pe.photo_metrics([captioned[n] for n in photos]).items()}
+    section["photo_examples"] = {
+        name: {
+            "concepts": [[w, round(v, 3)] for w, v in captioned[name].result.concepts],
+            "captions": [f"{c.text} [{c.style}; {c.topic or 'no topic'}]" for c in captioned[name].result.captions],
+        }
+        for name in skimage
+    }
 
     # Decoding that does not collapse: the same photos (and the first templates) under each candidate rule.
     sample = dict(itertools.islice(template_photos.items(), settings.decoding_templates))
     compared = {**skimage, **sample}
-    width = pe.default_request().style_beam_width
+    width = default.style_beam_width
     variants = {
-        f"one style a caption, beam {w}{' (default)' if w == width else ''}": (
-            pe.default_search,
-            pe.default_request(style_beam_width=w),
-        )
+        f"one style a caption, beam {w}": (pe.default_search, pe.default_request(style_beam_width=w))
         for w in (1, 2, 4)
+        if w != width
     }
     variants["one style a caption, sampling T=1, most specific of 4"] = (
         lambda c: SamplingSettings(n=3, rerank=settings.rerank, seed=settings.seed, max_length=c.max_length(None)),
         pe.default_request(seed=settings.seed),
     )
-    rows = {}
+    rows = {f"one style a caption, beam {width} (default)": pe.photo_metrics([captioned[n] for n in compared])}
     for name, (make, request) in variants.items():
         rows[name] = pe.photo_metrics(pe.caption_photos(captioner, compared, make, request))
-    first_styles = {
-        name: (pe.caption_photos(captioner, {name: photo}, pe.default_search, default)[0].result.captions or [None])[0]
-        for name, photo in compared.items()
-    }
     one_context = [
         pe.caption_photos(
-            captioner, {name: photo}, pe.default_search, pe.default_request(style=first_styles[name].style)
+            captioner,
+            {name: photo},
+            pe.default_search,
+            pe.default_request(style=captioned[name].result.captions[0].style),
         )[0]
         for name, photo in compared.items()
-        if first_styles[name] is not None
+        if captioned[name].result.captions
     ]
     rows["one context, beam n-best (the rule before styles)"] = pe.photo_metrics(one_context)
     section["photo_decoding"] = rows
@@ -287,7 +287,7 @@ def _photo_section(
         captioner, photo_bytes
     )
     section["topic_examples"] = topic_examples
-    section |= _topic_perplexity(backend, image_bytes, validation_captions, settings)
+    section |= _topic_perplexity(backend, captioner.info, image_bytes, validation_captions, settings)
     if contact_sheet_path is not None:
         styles = retrieval_styles[: pe.CONTACT_SHEET_STYLES]
         pe.contact_sheet(captioner, photo_bytes, styles).save(contact_sheet_path)
@@ -298,7 +298,7 @@ def _photo_section(
 def _automatic_section(
     backend: EmbeddedBackend,
     captioner,
-    templates: list,
+    data_folder: Path,
     train_captions: list[Caption],
     validation_captions: list[Caption],
     settings: EvaluationSettings,
@@ -320,8 +320,7 @@ def _automatic_section(
         held_out += [c for c in validation_captions if c.template == template][: settings.automatic_captions]
     if not held_out:
         return {}
-    store = TemplateStore(templates[0].image_path.parent.parent) if templates else None
-    picker = TemplatePicker(backend, store.all() if store else [], styles)
+    picker = TemplatePicker(backend, TemplateStore(data_folder).all(), styles)
     texts = [caption_text(c.boxes) for c in held_out]
     scores = picker.scores(texts)
     # The alternative measured and rejected (gateway/template_picker.py): each template's mean advantage
@@ -375,21 +374,30 @@ def _skimage_jpeg(name: str) -> bytes:
 
 
 def _topic_perplexity(
-    backend: EmbeddedBackend, image_bytes: dict[str, bytes], captions: list[Caption], settings: EvaluationSettings
+    backend: EmbeddedBackend,
+    info,
+    image_bytes: dict[str, bytes],
+    captions: list[Caption],
+    settings: EvaluationSettings,
 ) -> dict[str, float]:
     """Validation perplexity with each caption's own topic words (as training drew them) and without."""
     from export.conditioning import TOPIC_SLOTS, content_word_mask, topic_candidates
     from gateway.backends import Condition
 
-    vocabulary = list(backend.load_metadata().vocabulary)
+    vocabulary = list(info.vocabulary)
     texts = [caption_text(c.boxes) for c in captions]
-    ids = np.concatenate([_padded(backend.signatures, texts[i : i + 4096]) for i in range(0, len(texts), 4096)])
+    sequences = [
+        ids for i in range(0, len(texts), 4096) for ids in _id_sequences(backend.signatures, texts[i : i + 4096])
+    ]
+    ids = np.zeros((len(texts), max(map(len, sequences), default=0)), np.int32)
+    for row, sequence in enumerate(sequences):
+        ids[row, : len(sequence)] = sequence
     candidates = topic_candidates(ids, [c.template for c in captions], content_word_mask(vocabulary))
     topics = [" ".join(vocabulary[i] for i in row[:TOPIC_SLOTS] if i) for row in candidates]
     by_template: dict[str, list[int]] = defaultdict(list)
     for index, caption in enumerate(captions):
         by_template[caption.template].append(index)
-    own = np.zeros((len(captions), *backend.load_metadata().contract.context_shape), np.float32)
+    own = np.zeros((len(captions), *info.contract.context_shape), np.float32)
     none = np.zeros_like(own)
     for template, rows in by_template.items():
         conditions = [Condition(0, topics[i]) for i in rows] + [Condition(0, "")]
@@ -402,11 +410,6 @@ def _topic_perplexity(
         "perplexity_without_topic_words": without,
         "captions_with_topic_words": float(np.mean([bool(t) for t in topics])),
     }
-
-
-def _padded(signatures, texts: list[str], width: int = 64) -> np.ndarray:
-    ids = signatures[TOKENIZE](text=tf.constant(texts))["ids"].numpy()[:, :width]
-    return np.pad(ids, [(0, 0), (0, width - ids.shape[1])])
 
 
 def _captions_and_words(captioner, image: bytes, decoding: SamplingSettings | SearchSettings) -> tuple[list, list]:

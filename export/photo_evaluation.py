@@ -135,30 +135,6 @@ def photo_metrics(captioned: list[PhotoCaptions]) -> dict[str, float]:
     }
 
 
-def style_adherence(
-    captioner: Captioner,
-    photos: dict[str, bytes],
-    styles: list[str],
-    retrieve: Callable[[list[str]], list[str]],
-) -> tuple[float, int, dict[str, dict[str, str]]]:
-    """Share of captions made with style T that TF-IDF retrieval assigns to T; and the captions."""
-    settings = default_search(captioner)
-    made: dict[str, dict[str, str]] = {}
-    queries: list[tuple[str, str]] = []
-    for name, image in photos.items():
-        made[name] = {}
-        for style in styles:
-            result = captioner.caption(image, settings, default_request(captions=1, style=style))
-            text = result.captions[0].text if result.captions else ""
-            made[name][style] = text
-            queries.append((style, text))
-    if not queries:
-        return float("nan"), 0, made
-    found = retrieve([text for _, text in queries])
-    hits = sum(style == got for (style, _), got in zip(queries, found, strict=True))
-    return hits / len(queries), len(queries), made
-
-
 def topic_adherence(
     captioner: Captioner, photos: dict[str, bytes], topics: tuple[str, ...] = USER_TOPICS
 ) -> tuple[float, float, dict[str, dict[str, str]]]:

@@ -90,7 +90,8 @@ class Captioner:
         self._picker: TemplatePicker | None = None
         self._blank_contexts: dict[str, np.ndarray] = {}
         """The blank image's context, by style ("": the model's own choice, or no conditioning)."""
-        self._blank_lock = threading.Lock()
+        self._lock = threading.Lock()
+        """Guards the picker and the blank contexts, each built once."""
 
     def search_settings(
         self, beam_width: int, n_best: int, length_penalty: float, max_length: int | None
@@ -128,17 +129,9 @@ class Captioner:
             # One model call: the model tokenizes the prefix, encodes and searches in-graph (no noise possible).
             return self._result(self.backend.generate(image_jpeg, settings, request.prefix), rpcs=1)
         deadline = time.monotonic() + request.timeout_seconds
-        rpcs = 0
-        prefix: tuple[int, ...] = ()
-        if request.prefix.strip():
-            prefix = self.backend.tokenize(request.prefix)
-            rpcs += 1
-        context = self.scheduler.encode(image_jpeg, deadline)
-        rpcs += 1
-        if request.context_noise > 0:
-            rng = np.random.default_rng(request.seed)
-            context = context + rng.normal(0.0, request.context_noise * float(context.std()), context.shape)
-            context = context.astype(np.float32)
+        prefix = self._prefix(request)
+        context = _with_noise(self.scheduler.encode(image_jpeg, deadline), request)
+        rpcs = bool(request.prefix.strip()) + 1  # the `tokenize` call, if any, and `encode`
         rerank = isinstance(settings, SamplingSettings) and settings.rerank > 1
         if rerank:
             wanted, settings = settings.n, replace(settings, n=settings.n * settings.rerank)
@@ -152,7 +145,7 @@ class Captioner:
 
     def template_picker(self, templates: Sequence[Template]) -> TemplatePicker:
         """Text to template on this version (its styles), built once."""
-        with self._blank_lock:
+        with self._lock:
             if self._picker is None:
                 self._picker = TemplatePicker(self.backend, templates, self.info.contract.styles)
             return self._picker
@@ -188,18 +181,10 @@ class Captioner:
         if whole_search and isinstance(self.backend, GenerateBackend) and one_style_each and not request.topic:
             found = self._result(self.backend.generate(image_jpeg, settings, request.prefix, captions=rows), rpcs=1)
             return replace(found, captions=_one_style_each_in_turn([[c] for c in found.captions]))
-        rpcs = 0
-        prefix: tuple[int, ...] = ()
-        if request.prefix.strip():
-            prefix = self.backend.tokenize(request.prefix)
-            rpcs += 1
+        prefix = self._prefix(request)
         encoding = self.scheduler.encode_rows([image_jpeg], conditions, deadline)
-        rpcs += 1
-        contexts = encoding.contexts
-        if request.context_noise > 0:
-            rng = np.random.default_rng(request.seed)
-            contexts = contexts + rng.normal(0.0, request.context_noise * float(contexts.std()), contexts.shape)
-            contexts = contexts.astype(np.float32)
+        contexts = _with_noise(encoding.contexts, request)
+        rpcs = bool(request.prefix.strip()) + 1  # the `tokenize` call, if any, and `encode`
         rerank = isinstance(settings, SamplingSettings) and settings.rerank > 1
         per_row = 1
         if isinstance(settings, SamplingSettings):
@@ -231,6 +216,10 @@ class Captioner:
         merged = _one_style_each_in_turn(per_row_captions)
         return CaptionResult(merged, self.info.name, self.info.version, rpcs, encoding.concepts[0])
 
+    def _prefix(self, request: CaptionRequest) -> tuple[int, ...]:
+        """The model's tokens for the request's caption beginning (one `tokenize` call), or none."""
+        return self.backend.tokenize(request.prefix) if request.prefix.strip() else ()
+
     def _search(self, settings: SearchSettings | SamplingSettings, prefix: tuple[int, ...]) -> BeamSearch | Sampling:
         contract = self.info.contract
         decoding = BeamSearch if isinstance(settings, SearchSettings) else Sampling
@@ -247,7 +236,7 @@ class Captioner:
 
     def _blank_contexts_for(self, styles: set[str], deadline: float) -> int:
         """Encode the blank image in each style not seen yet, in one call; returns the calls made."""
-        with self._blank_lock:
+        with self._lock:
             missing = sorted(styles - set(self._blank_contexts))
             if not missing:
                 return 0
@@ -286,6 +275,15 @@ class Captioner:
         vocabulary, contract = self.info.vocabulary, self.info.contract
         captions = [Caption(ids_to_boxes(h.ids, vocabulary, contract), h.score, h.log_prob) for h in hypotheses]
         return CaptionResult([c for c in captions if c.boxes], self.info.name, self.info.version, rpcs)
+
+
+def _with_noise(contexts: np.ndarray, request: CaptionRequest) -> np.ndarray:
+    """Gaussian noise on the contexts, relative to their spread, when the request asks for it."""
+    if request.context_noise <= 0:
+        return contexts
+    rng = np.random.default_rng(request.seed)
+    noisy = contexts + rng.normal(0.0, request.context_noise * float(contexts.std()), contexts.shape)
+    return noisy.astype(np.float32)
 
 
 def _one_style_each_in_turn(per_row: list[list[Caption]]) -> list[Caption]:

@@ -147,16 +147,7 @@ class BatchScheduler:
     ) -> int:
         """Run `search` to the end; returns how many `decode_step` calls it took part in. Setting
         `cancel` withdraws it before the next tick."""
-        job = _Job(search, context, deadline, cancel)
-        with self._wake:
-            self._check_open()
-            self._jobs.append(job)
-            self._joining = max(0, self._joining - 1)
-            self._wake.notify_all()
-        try:
-            return self._wait(job.future, deadline)
-        finally:
-            job.cancelled = True
+        return self.decode_all([search], context[None], deadline, cancel)
 
     def decode_all(
         self,

@@ -61,9 +61,7 @@ def test_metadata_signature_gives_vocabulary_and_contract(stub, contract: ModelC
 
 
 def test_encode_then_decode_step_over_grpc(stub, contract: ModelContract, chelsea_jpeg: bytes) -> None:
-    context = tf.make_ndarray(
-        predict(stub, ENCODE, encode_arrays([chelsea_jpeg])).outputs["context"]
-    )
+    context = tf.make_ndarray(predict(stub, ENCODE, encode_arrays([chelsea_jpeg])).outputs["context"])
     assert context.shape == (1, *contract.context_shape)
     response = predict(
         stub,
@@ -157,9 +155,7 @@ def test_packed_answers_carry_the_same_decode_step_as_typed_fields(
         "context_index": np.zeros([3], np.int32),
         "k": np.int32(4),
     }
-    inputs["context"] = tf.make_ndarray(
-        predict(stub, ENCODE, encode_arrays([chelsea_jpeg])).outputs["context"]
-    )
+    inputs["context"] = tf.make_ndarray(predict(stub, ENCODE, encode_arrays([chelsea_jpeg])).outputs["context"])
     with grpc.insecure_channel(packed_target) as channel:
         packed = predict(prediction_service_pb2_grpc.PredictionServiceStub(channel), DECODE_STEP, inputs)
     typed = predict(stub, DECODE_STEP, inputs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Literal
 
@@ -62,16 +61,19 @@ async def automatic_meme(
         data = await run_in_threadpool(template.image_path.read_bytes)
         image = await run_in_threadpool(open_upload, data, settings.max_image_pixels)
         result = CaptionResult([Caption(boxes, ranked[0].score, 0.0)], "", 0, 1)
-        response = await _respond(request, image, list(template.layout) or None, result, body, None)
+        response = await _respond(
+            request,
+            image,
+            list(template.layout) or None,
+            result,
+            body,
+            None,
+            AutomaticMemeResponse,
+            template=template.id,
+            templates=[TemplateScoreOut(id=t.template, score=t.score) for t in ranked],
+        )
     response.headers["X-Memefly-Template"] = template.id
-    if response.media_type != "application/json":
-        return response
-    answer = json.loads(response.body) | {
-        "template": template.id,
-        "templates": [{"id": t.template, "score": t.score} for t in ranked],
-    }
-    headers = {name: value for name, value in response.headers.items() if name.lower() != "content-length"}
-    return Response(json.dumps(answer), media_type="application/json", headers=headers)
+    return response
 
 
 async def _rank(request: Request, session, text: str) -> list[TemplateScore]:

@@ -406,8 +406,17 @@ async def _generate(
 
 
 async def _respond(
-    request: Request, image, layout, result: CaptionResult, options: MemeOptions, backend: str | None
+    request: Request,
+    image,
+    layout,
+    result: CaptionResult,
+    options: MemeOptions,
+    backend: str | None,
+    body_type: type[MemeResponse] = MemeResponse,
+    **body_fields,
 ) -> Response:
+    """The rendered meme, stored; or with `Accept: application/json`, a `body_type` answer (with
+    `body_fields` besides the captions, model and permalink)."""
     boxes = result.captions[0].boxes if result.captions else []
     if layout is not None and len(boxes) > len(layout):
         # A template has as many boxes as it has; the model's extra ones join the last.
@@ -419,7 +428,7 @@ async def _respond(
     meme_id = await run_in_threadpool(request.app.state.meme_store.put, content, media_type)
     permalink = str(request.url_for("get_meme", meme_id=meme_id))
     if "application/json" in request.headers.get("accept", ""):
-        body = MemeResponse(
+        body = body_type(
             captions=[
                 CaptionOut(
                     text=c.text,
@@ -438,6 +447,7 @@ async def _respond(
             width=image.width,
             height=image.height,
             permalink=permalink,
+            **body_fields,
         )
         return Response(body.model_dump_json(), media_type="application/json", headers={"Location": permalink})
     headers = {"X-Memefly-Caption": quote(" / ".join(boxes)), "Location": permalink}

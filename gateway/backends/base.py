@@ -69,13 +69,13 @@ def _text(value: object) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def encoding_from_outputs(outputs: dict[str, np.ndarray], conditions: list[Condition] | None) -> Encoding:
+def encoding_from_outputs(outputs: dict[str, np.ndarray], conditions: list[Condition]) -> Encoding:
     """The `Encoding` of an `encode` answer: conditioned when it has `concepts`, else one context an image
     gathered into the rows `conditions` asked for (a model exported before conditioning)."""
     contexts = np.asarray(outputs["context"], np.float32)
     if "concepts" not in outputs:
-        rows = conditions or [Condition(i) for i in range(len(contexts))]
-        return Encoding(contexts[[c.image for c in rows]], ("",) * len(rows), ("",) * len(rows), ((),) * len(contexts))
+        rows = len(conditions)
+        return Encoding(contexts[[c.image for c in conditions]], ("",) * rows, ("",) * rows, ((),) * len(contexts))
     names = np.asarray(outputs["concepts"])
     probabilities = np.asarray(outputs["concept_probs"], np.float32)
     concepts = tuple(
