@@ -30,9 +30,14 @@ from bench.wire import CallLedger, CountingTfServingBackend
 from bench.workload import SearchConfig
 from gateway.backends.base import ModelBackend, ModelInfo
 from gateway.backends.embedded import EmbeddedBackend
-from gateway.captioner import Captioner, CaptionRequest, ModelSession
+from gateway.captioner import ModelSession
+from gateway.content_filter import ContentFilter
+from gateway.meme_service import MemeService, decoding_settings
+from gateway.metrics import Metrics
+from gateway.schemas import MemeOptions
 from gateway.search import BeamSearch, SearchSettings
 from gateway.settings import Settings
+from gateway.templates import TemplateStore
 from gateway.tensors import array_to_proto, proto_to_array, strings_to_proto
 from memefly import contract as contract_module
 from memefly.contract import BOX_SEPARATOR_TEXT, DECODE_STEP, ENCODE, ModelContract
@@ -67,23 +72,29 @@ class Mode(Protocol):
     def close(self) -> None: ...
 
 
-def search_settings(config: SearchConfig, info: ModelInfo) -> SearchSettings:
-    return SearchSettings(
+PRODUCT_SETTINGS = Settings.model_construct()
+"""The gateway's defaults, whatever MEMEFLY_* this machine sets."""
+
+
+def product_options(config: SearchConfig) -> MemeOptions:
+    """The bench's search as a `POST /v1/memes` request asks for it."""
+    return MemeOptions(
+        n=config.n_best,
         beam_width=config.beam_width,
-        n_best=min(config.n_best, config.beam_width),
-        max_length=min(config.max_length, info.contract.max_length),
+        max_length=config.max_length,
         length_penalty=config.length_penalty,
     )
 
 
+def search_settings(config: SearchConfig, info: ModelInfo) -> SearchSettings:
+    """The product's decoding rule (`decoding_settings`) for the bench's options."""
+    settings = decoding_settings(product_options(config), PRODUCT_SETTINGS, info.contract.max_length)
+    assert isinstance(settings, SearchSettings)
+    return settings
+
+
 def product_request_width() -> int:
-    return Settings.model_fields["style_beam_width"].default
-
-
-def product_request(config: SearchConfig) -> CaptionRequest:
-    """As `POST /v1/memes` asks for `n_best` captions: on a model with styles, one style a caption, each
-    the best of a beam of the gateway's `style_beam_width`."""
-    return CaptionRequest(captions=config.n_best, style_beam_width=product_request_width())
+    return PRODUCT_SETTINGS.style_beam_width
 
 
 def _best_caption(search: BeamSearch, info: ModelInfo) -> str:
@@ -324,7 +335,7 @@ class _FullVocabularyBeamSearch(BeamSearch):
 
 
 class StepLoopMode:
-    """The product path: `ModelSession.caption`, as the API route calls it (continuous batching)."""
+    """The product path: `MemeService.caption`, as the API route calls it (continuous batching)."""
 
     def __init__(
         self, number: int, title: str, transport: str, backend: ModelBackend, ledger: CallLedger, config: SearchConfig
@@ -337,12 +348,15 @@ class StepLoopMode:
         self.session = ModelSession(backend)
         self.info = self.session.captioner().info
         self.settings = search_settings(config, self.info)
-
-    def _settings_for(self, captioner: Captioner) -> SearchSettings:
-        return search_settings(self.config, captioner.info)
+        self.options = product_options(config)
+        content_filter = ContentFilter.from_settings(
+            PRODUCT_SETTINGS.content_filter, PRODUCT_SETTINGS.blocked_words_file
+        )
+        self.memes = MemeService(PRODUCT_SETTINGS, self.session, TemplateStore(None), None, content_filter, Metrics())
 
     def meme(self, image: bytes) -> MemeOutcome:
-        result = self.session.caption(image, self._settings_for, product_request(self.config))
+        deadline = time.monotonic() + PRODUCT_SETTINGS.request_timeout_seconds
+        result = self.memes.caption(image, self.options, deadline)
         return MemeOutcome(result.captions[0].text if result.captions else "", result.rpcs)
 
     def close(self) -> None:

@@ -19,6 +19,8 @@ from PIL import Image
 
 from export.conditioning import TOPIC_MIN_PROBABILITY
 from gateway.captioner import Captioner, CaptionRequest, CaptionResult
+from gateway.meme_service import decoding_settings
+from gateway.schemas import MemeOptions
 from gateway.search import SamplingSettings, SearchSettings
 from gateway.settings import Settings
 
@@ -58,9 +60,9 @@ def default_request(captions: int = 3, **changes) -> CaptionRequest:
     return replace(request, **changes)
 
 
-def default_search(captioner: Captioner) -> SearchSettings:
-    beam_width = Settings.model_fields["beam_width"].default
-    return captioner.search_settings(beam_width, beam_width, Settings.model_fields["length_penalty"].default, None)
+def default_search(captioner: Captioner) -> SearchSettings | SamplingSettings:
+    """What `POST /v1/memes` searches with by default (the gateway's defaults, not this machine's MEMEFLY_*)."""
+    return decoding_settings(MemeOptions(), Settings.model_construct(), captioner.info.contract.max_length)
 
 
 def words_of(text: str) -> set[str]:

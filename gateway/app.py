@@ -19,6 +19,7 @@ from gateway.errors import install_error_handlers
 from gateway.images import pillow_pixel_limit
 from gateway.limits import BodySizeLimitMiddleware, max_body_bytes
 from gateway.logs import RequestIdMiddleware, configure_logging
+from gateway.meme_service import MemeService
 from gateway.metrics import Metrics, MetricsMiddleware
 from gateway.security import install_cors
 from gateway.settings import Settings
@@ -89,14 +90,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.session = session
         app.state.metrics = metrics
-        app.state.templates = TemplateStore(settings.templates_dir)
-        app.state.meme_store = make_meme_store(settings)
-        app.state.content_filter = ContentFilter.from_settings(settings.content_filter, settings.blocked_words_file)
-        app.state.admission = admission
-        app.state.url_fetcher = (
+        app.state.memes = MemeService(
+            settings,
+            session,
+            TemplateStore(settings.templates_dir),
+            make_meme_store(settings),
+            ContentFilter.from_settings(settings.content_filter, settings.blocked_words_file),
+            metrics,
+            admission,
             UrlFetcher(settings.max_upload_bytes, settings.url_fetch_timeout_seconds, settings.url_fetch_max_redirects)
             if settings.url_fetch_enabled
-            else None
+            else None,
         )
         with pillow_pixel_limit(settings.max_image_pixels):
             yield

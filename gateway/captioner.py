@@ -93,16 +93,6 @@ class Captioner:
         self._lock = threading.Lock()
         """Guards the picker and the blank contexts, each built once."""
 
-    def search_settings(
-        self, beam_width: int, n_best: int, length_penalty: float, max_length: int | None
-    ) -> SearchSettings:
-        return SearchSettings(
-            beam_width=beam_width,
-            n_best=min(n_best, beam_width),
-            length_penalty=length_penalty,
-            max_length=self.max_length(max_length),
-        )
-
     def max_length(self, requested: int | None) -> int:
         limit = self.info.contract.max_length
         return min(requested or limit, limit)

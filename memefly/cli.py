@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -96,43 +96,50 @@ def generate(
         str | None, typer.Option(help="embedded, tfserving or sagemaker; default $MEMEFLY_BACKEND")
     ] = None,
     beam_width: Annotated[int, typer.Option(min=1, max=16)] = 4,
-    image_format: Annotated[str, typer.Option("--format", help="png, jpeg or webp")] = "png",
+    image_format: Annotated[Literal["png", "jpeg", "webp"], typer.Option("--format")] = "png",
     topic: Annotated[str, typer.Option(help="what the captions are about; default: what each photo shows")] = "",
     style: Annotated[str, typer.Option(help="a style (template id) to write in; default: one that fits")] = "",
 ) -> None:
-    """Caption images and write the memes to a folder, with a progress bar."""
+    """Caption images and write the memes to a folder, with a progress bar (the API's pipeline:
+    the same decoding rules, content filter and rerun on a model version change)."""
     from gateway.app import make_backend
-    from gateway.captioner import CaptionRequest, ModelSession, UnknownStyleError
+    from gateway.captioner import ModelSession
+    from gateway.content_filter import ContentFilter
     from gateway.errors import ApiError
-    from gateway.images import model_input, open_upload
-    from gateway.render import render_meme
+    from gateway.meme_service import MemeService, Picture
+    from gateway.metrics import Metrics
+    from gateway.schemas import MemeOptions
     from gateway.settings import Settings
+    from gateway.templates import TemplateStore
 
     settings = Settings(**({"backend": backend} if backend else {}))
+    options = MemeOptions(n=1, beam_width=beam_width, topic=topic, style=style, format=image_format)
     session = ModelSession(make_backend(settings))
+    memes = MemeService(
+        settings,
+        session,
+        TemplateStore(settings.templates_dir),
+        None,
+        ContentFilter.from_settings(settings.content_filter, settings.blocked_words_file),
+        Metrics(),
+    )
     try:
-        captioner = session.captioner()
-        search = captioner.search_settings(beam_width, 1, settings.length_penalty, settings.max_length)
         out_dir.mkdir(parents=True, exist_ok=True)
         extension = {"png": "png", "jpeg": "jpg", "webp": "webp"}[image_format]
         with typer.progressbar(images, label="memes") as progress:
             for path in progress:
                 try:
-                    image = open_upload(path.read_bytes())
+                    meme = memes.make(Picture(path.read_bytes()), options, store=False)
                 except ApiError as error:
+                    if error.code in ("unknown_style", "unsupported_by_model"):
+                        raise typer.BadParameter(error.message, param_hint="--style") from error
                     typer.echo(f"\nskipped {path}: {error.message}", err=True)
                     continue
-                request = CaptionRequest(topic=topic, style=style, style_beam_width=settings.style_beam_width)
-                try:
-                    result = captioner.caption(model_input(image, settings.model_input_max_side), search, request)
-                except UnknownStyleError as error:
-                    raise typer.BadParameter(str(error), param_hint="--style") from error
-                best = result.captions[0] if result.captions else None
-                boxes = best.boxes if best else []
                 target = out_dir / f"{path.stem}.{extension}"
-                target.write_bytes(render_meme(image, boxes, format=image_format.upper()))
+                target.write_bytes(meme.content)
+                best = meme.result.captions[0] if meme.result.captions else None
                 used = f" [{best.style}; {best.topic or 'no topic'}]" if best and best.style else ""
-                typer.echo(f"\n{target}: {' / '.join(boxes)}{used}")
+                typer.echo(f"\n{target}: {' / '.join(meme.boxes)}{used}")
     finally:
         session.close()
 

@@ -75,7 +75,7 @@ def test_more_clients_than_slots_get_429_with_retry_after_and_admitted_ones_succ
 
 
 def test_template_memes_are_admitted_through_the_same_queue(client: TestClient) -> None:
-    admission = client.app.state.admission
+    admission = client.app.state.memes.admission
     assert (admission.active, admission.queued) == (0, 0)
     response = client.post("/v1/templates/drake/memes", json={"text": ["a", "b"]})
     assert response.status_code == 200, response.text

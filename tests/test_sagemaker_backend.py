@@ -137,7 +137,7 @@ def test_captions_over_sagemaker_are_the_embedded_backends(
         session = ModelSession(model_backend)
         try:
             captioner = session.captioner()
-            settings = captioner.search_settings(beam_width=3, n_best=3, length_penalty=1.0, max_length=None)
+            settings = SearchSettings(beam_width=3, n_best=3, length_penalty=1.0, max_length=captioner.max_length(None))
             results[name] = (captioner.info, captioner.caption(chelsea_jpeg, settings))
         finally:
             session.close()

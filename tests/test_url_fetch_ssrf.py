@@ -270,9 +270,9 @@ def test_an_image_url_is_one_source_among_image_and_template(clients: dict[str, 
 def test_a_fetched_image_becomes_a_meme(clients: dict[str, TestClient], image_host) -> None:
     port, certificate, *_ = image_host
     app = clients["enabled"].app
-    configured = app.state.url_fetcher
+    configured = app.state.memes.url_fetcher
     # The configured fetcher allows public addresses only; the local server needs the test's allow-list.
-    app.state.url_fetcher = _fetcher(certificate, {HOST_NAME: ["127.0.0.1"]}, [])
+    app.state.memes.url_fetcher = _fetcher(certificate, {HOST_NAME: ["127.0.0.1"]}, [])
     try:
         response = clients["enabled"].post(
             "/v1/memes",
@@ -280,6 +280,6 @@ def test_a_fetched_image_becomes_a_meme(clients: dict[str, TestClient], image_ho
             headers={"Accept": "application/json"},
         )
     finally:
-        app.state.url_fetcher = configured
+        app.state.memes.url_fetcher = configured
     assert response.status_code == 200, response.text
     assert (response.json()["width"], response.json()["height"]) == (451, 300)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import anyio
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
-from gateway.api.deps import SessionDep
+from gateway.api.deps import DrainDep, SessionDep
 from gateway.backends import ModelUnavailableError
 from gateway.captioner import Captioner, ModelSession
 from gateway.errors import ApiError
@@ -42,9 +42,9 @@ def _not_ready(code: str, message: str) -> ApiError:
 
 
 @router.get("/readyz")
-async def readyz(request: Request, session: SessionDep) -> dict[str, str | int]:
+async def readyz(session: SessionDep, drain: DrainDep) -> dict[str, str | int]:
     """Ready while the model tier answers a decode step and the gateway is not shutting down."""
-    if request.app.state.drain.draining:
+    if drain.draining:
         raise _not_ready("shutting_down", "this gateway is shutting down")
     captioner = None
     try:

@@ -1,13 +1,12 @@
 """memegen-compatible URLs (memegen.link): `/images/<template>/<line>/<line>.png` and `/templates`.
 
-Every image goes through the same code as POST /v1/templates/{id}/memes (`_make_meme`): the text of
+Every image goes through the same code as POST /v1/templates/{id}/memes (`MemeService`): the text of
 the URL is the user's text, and `/images/<template>.png`, with no text, is the model's caption.
 """
 
 from __future__ import annotations
 
 import io
-import time
 from dataclasses import replace
 from typing import Annotated
 from urllib.parse import quote
@@ -17,14 +16,15 @@ from fastapi.concurrency import run_in_threadpool
 from PIL import Image, ImageEnhance, ImageFilter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.api.deps import SessionDep, SettingsDep
-from gateway.api.memes import MEDIA_TYPES, TemplateMemeRequest, _error_responses, _invalid, _make_meme, _template
-from gateway.captioner import ModelSession
+from gateway.api.deps import MemesDep, TemplatesDep
+from gateway.api.responses import meme_response
+from gateway.api.uploads import invalid_request
 from gateway.errors import ApiError
+from gateway.meme_service import MemeService, Picture
 from gateway.memegen_text import MAX_SEGMENT_LENGTH, decode_segment, encode_text
 from gateway.render import TextBox
+from gateway.schemas import MEDIA_TYPES, TemplateMemeRequest, error_responses
 from gateway.security import ApiKeyRequired
-from gateway.settings import Settings
 from gateway.templates import Template
 
 router = APIRouter(tags=["memegen"])
@@ -51,7 +51,7 @@ Height = Annotated[
 ]
 _IMAGE_RESPONSES = {
     200: {"content": {media: {} for media in sorted(set(MEDIA_TYPES.values()))}},
-    **_error_responses(404, 414, 415, 422, 429, 503, 504),
+    **error_responses(404, 414, 415, 422, 429, 503, 504),
 }
 
 
@@ -87,15 +87,14 @@ async def memegen_image(
     template_id: str,
     text_path: str,
     request: Request,
-    settings: SettingsDep,
-    session: SessionDep,
+    memes: MemesDep,
     width: Width = None,
     height: Height = None,
 ) -> Response:
     """`<line>/<line>/….png` (or `.jpg`, `.jpeg`, `.webp`): one encoded path segment a text box
     (`_` or `-` is a space, `__` is `_`, `~q` is `?`, … as on memegen.link); `_` is an empty box."""
     lines, image_format = parse_text_path(text_path)
-    return await _render(request, settings, session, template_id, lines, image_format, width, height)
+    return await _render(request, memes, template_id, lines, image_format, width, height)
 
 
 @router.get(
@@ -108,26 +107,25 @@ async def memegen_image(
 async def memegen_captioned_image(
     template_file: str,
     request: Request,
-    settings: SettingsDep,
-    session: SessionDep,
+    memes: MemesDep,
     width: Width = None,
     height: Height = None,
 ) -> Response:
     """`<template>.png` (or `.jpg`, `.jpeg`, `.webp`): the model writes the caption."""
     template_id, image_format = split_extension(template_file)
-    return await _render(request, settings, session, template_id, None, image_format, width, height)
+    return await _render(request, memes, template_id, None, image_format, width, height)
 
 
 @router.get("/templates", response_model=list[MemegenTemplate])
-async def list_memegen_templates(request: Request) -> list[dict]:
+async def list_memegen_templates(request: Request, templates: TemplatesDep) -> list[dict]:
     """Every template, in memegen's shape."""
-    return [describe_template(request, template) for template in request.app.state.templates.all()]
+    return [describe_template(request, template) for template in templates.all()]
 
 
-@router.get("/templates/{template_id}", response_model=MemegenTemplate, responses=_error_responses(404))
-async def get_memegen_template(template_id: str, request: Request) -> dict:
+@router.get("/templates/{template_id}", response_model=MemegenTemplate, responses=error_responses(404))
+async def get_memegen_template(template_id: str, request: Request, memes: MemesDep) -> dict:
     """One template, in memegen's shape."""
-    return describe_template(request, _template(request, template_id))
+    return describe_template(request, memes.template(template_id))
 
 
 def split_extension(name: str) -> tuple[str, str]:
@@ -183,36 +181,34 @@ def _capped(width: float, height: float) -> Size:
 
 async def _render(
     request: Request,
-    settings: Settings,
-    session: ModelSession,
+    memes: MemeService,
     template_id: str,
     lines: list[str] | None,
     image_format: str,
     width: int | None,
     height: int | None,
 ) -> Response:
-    deadline = time.monotonic() + settings.request_timeout_seconds
-    template = _template(request, template_id)
+    template = memes.template(template_id)
     if lines is not None:
         # memegen draws one segment in each of the template's boxes and ignores the segments past them.
         lines = lines[: len(template.layout) or 2]
     try:
         options = TemplateMemeRequest.model_validate({"text": lines, "format": image_format})
     except ValidationError as error:
-        raise _invalid(error) from error
-    data, layout = await run_in_threadpool(sized_template, template, width, height)
-    return await _make_meme(request, settings, session, data, layout, options, deadline)
+        raise invalid_request(error) from error
+    picture = await run_in_threadpool(sized_template, template, width, height)
+    return meme_response(request, await memes.create(picture, options, request.is_disconnected))
 
 
-def sized_template(template: Template, width: int | None, height: int | None) -> tuple[bytes, list[TextBox] | None]:
+def sized_template(template: Template, width: int | None, height: int | None) -> Picture:
     """The template's image at the asked size, and its text boxes on that image.
 
     The picture is resized before the text is drawn, so the text is sharp at any size, as in memegen.
     When it is padded, the boxes move onto the picture, so the text stays off the padding.
     """
-    layout = list(template.layout) or None
     if not width and not height:
-        return template.image_path.read_bytes(), layout
+        return MemeService.template_picture(template)
+    layout = list(template.layout) or None
     with Image.open(template.image_path) as source:
         image = source.convert("RGB")
     picture_size, canvas_size = output_size(image.size, width, height)
@@ -227,8 +223,8 @@ def sized_template(template: Template, width: int | None, height: int | None) ->
         if layout is not None:
             layout = [_moved(box, offset, picture_size, canvas_size) for box in layout]
     buffer = io.BytesIO()
-    picture.save(buffer, format="BMP")  # lossless and quick to write; only `_make_meme` reads it
-    return buffer.getvalue(), layout
+    picture.save(buffer, format="BMP")  # lossless and quick to write; only `MemeService.make` reads it
+    return Picture(buffer.getvalue(), layout)
 
 
 def _moved(box: TextBox, offset: Size, picture: Size, canvas: Size) -> TextBox:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from gateway.api.deps import SessionDep
+from gateway.api.deps import SessionDep, TemplatesDep
 from gateway.backends import ModelUnavailableError
 from gateway.errors import ApiError
 
@@ -19,13 +19,12 @@ class StyleOut(BaseModel):
 
 
 @router.get("/v1/styles", response_model=list[StyleOut])
-def list_styles(request: Request, session: SessionDep) -> list[StyleOut]:
+def list_styles(request: Request, session: SessionDep, templates: TemplatesDep) -> list[StyleOut]:
     """The styles of the model version served now (empty for a model without styles)."""
     try:
         contract = session.captioner().info.contract
     except ModelUnavailableError as error:
         raise ApiError(503, "model_unavailable", str(error), {"Retry-After": "1"}) from error
-    templates = request.app.state.templates
     styles = []
     for style in contract.styles:
         template = templates.get(style)

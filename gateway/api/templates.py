@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
-from gateway.errors import ApiError
+from gateway.api.deps import MemesDep, TemplatesDep
 from gateway.templates import Template
 
 router = APIRouter(tags=["templates"])
@@ -50,26 +50,19 @@ def _summary(request: Request, template: Template) -> dict:
     }
 
 
-def _find(request: Request, template_id: str) -> Template:
-    template = request.app.state.templates.get(template_id)
-    if template is None:
-        raise ApiError(404, "template_not_found", f"no template {template_id!r}")
-    return template
-
-
 @router.get("/v1/templates", response_model=list[TemplateOut])
-async def list_templates(request: Request) -> list[dict]:
-    return [_summary(request, t) for t in request.app.state.templates.all()]
+async def list_templates(request: Request, templates: TemplatesDep) -> list[dict]:
+    return [_summary(request, t) for t in templates.all()]
 
 
 @router.get("/v1/templates/{template_id}", response_model=TemplateDetail)
-async def get_template(template_id: str, request: Request) -> dict:
-    template = _find(request, template_id)
+async def get_template(template_id: str, request: Request, memes: MemesDep) -> dict:
+    template = memes.template(template_id)
     boxes = [TextBoxOut(**{f: getattr(b, f) for f in TextBoxOut.model_fields}) for b in template.layout]
     return {**_summary(request, template), "text_boxes": boxes}
 
 
 @router.get("/v1/templates/{template_id}/image", response_class=FileResponse)
-async def template_image(template_id: str, request: Request) -> FileResponse:
+async def template_image(template_id: str, memes: MemesDep) -> FileResponse:
     """The blank template image."""
-    return FileResponse(_find(request, template_id).image_path, media_type="image/jpeg")
+    return FileResponse(memes.template(template_id).image_path, media_type="image/jpeg")
