@@ -43,3 +43,27 @@ def test_templates_lists_ids_and_names(data_folder: Path) -> None:
     lines = result.output.strip().splitlines()
     assert len(lines) == 200
     assert any(line.startswith("drake\t") for line in lines)
+
+
+def _caption_written(output: str, target: str) -> str:
+    line = next(line for line in output.splitlines() if line.startswith(target))
+    return line.split(": ", 1)[1].split(" [", 1)[0]
+
+
+def test_generate_applies_the_content_filter_as_the_api_does(
+    model_base_path: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("MEMEFLY_MODEL_BASE_PATH", str(model_base_path))
+    monkeypatch.setenv("MEMEFLY_MODEL_NAME", MODEL_NAME)
+    (tmp_path / "cat.jpg").write_bytes(photo_jpeg("chelsea"))
+    out = tmp_path / "out"
+    command = ["generate", str(tmp_path / "cat.jpg"), "-o", str(out)]
+    first = CliRunner().invoke(app, command)
+    assert first.exit_code == 0, first.output
+    caption = _caption_written(first.output, str(out / "cat.png"))
+    blocked_word = caption.replace("/", " ").split()[0]
+    (tmp_path / "blocked.txt").write_text(blocked_word + "\n")
+    monkeypatch.setenv("MEMEFLY_BLOCKED_WORDS_FILE", str(tmp_path / "blocked.txt"))
+    filtered = CliRunner().invoke(app, command)
+    assert filtered.exit_code == 0, filtered.output
+    assert blocked_word not in _caption_written(filtered.output, str(out / "cat.png")).replace("/", " ").split()

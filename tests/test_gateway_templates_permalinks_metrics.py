@@ -118,3 +118,16 @@ def test_metrics_exist_with_their_names(client: TestClient, chelsea_jpeg: bytes)
     ):
         assert name in text
     assert 'route="/v1/memes",status="200"' in text
+
+
+def test_n_best_setting_is_how_many_captions_a_request_gets_by_default(
+    model_base_path: Path, store: Path, chelsea_jpeg: bytes
+) -> None:
+    files = {"image": ("c.jpg", chelsea_jpeg, "image/jpeg")}
+    varied = {"decoding": "sample", "temperature": "5", "seed": "7"}  # the tiny model's beams all agree
+    for n_best in (1, 2):
+        with TestClient(create_app(make_settings(model_base_path, store, n_best=n_best))) as client:
+            body = client.post("/v1/memes", files=files, data=varied, headers=JSON).json()
+            asked = client.post("/v1/memes", files=files, data={**varied, "n": "4"}, headers=JSON).json()
+        assert len(body["captions"]) == n_best
+        assert len(asked["captions"]) == 4
