@@ -93,6 +93,8 @@ def test_new_version_mid_loop_fails_no_request_and_no_request_mixes_versions(
     chelsea_jpeg: bytes,
 ) -> None:
     target, model_dir = rollout
+    staged = model_dir.parent / "staged"
+    shutil.copytree(version_2_base / MODEL_NAME / "2", staged)
     settings = Settings(backend="tfserving", tfserving_target=target, version_check_seconds=0.2, **SETTINGS)
     answers: list[list[tuple[int, list[tuple[str, float]]]]] = [[], []]
     failures: list[BaseException] = []
@@ -116,7 +118,7 @@ def test_new_version_mid_loop_fails_no_request_and_no_request_mixes_versions(
             while sum(map(len, answers)) < 4 and time.monotonic() < deadline and not failures:
                 time.sleep(0.05)
             # A rename is atomic: the server sees either no version 2 or all of it, as export guarantees.
-            (version_2_base / MODEL_NAME / "2").rename(model_dir / "2")
+            staged.rename(model_dir / "2")
             while time.monotonic() < deadline and not failures:
                 if all(sum(v == 2 for v, _ in own) >= 3 for own in answers):
                     break
@@ -135,3 +137,69 @@ def test_new_version_mid_loop_fails_no_request_and_no_request_mixes_versions(
         for version, captions in own:
             assert _same(captions, alone[version]), f"version {version} answered {captions}, alone {alone[version]}"
     assert ready["version"] == 2
+
+
+ROLLOUT_VERSIONS = 6
+ROLLOUT_EVERY_SECONDS = 3.0
+ROLLOUT_CLIENTS = 8
+
+
+def test_rollout_under_load_fails_no_request_and_mixes_no_versions(
+    rollout: tuple[str, Path],
+    model_base_path: Path,
+    version_2_base: Path,
+    alone: dict[int, list[tuple[str, float]]],
+    chelsea_jpeg: bytes,
+    tmp_path: Path,
+) -> None:
+    """A new version every few seconds while many clients make memes. Odd versions carry version 1's
+    weights, even ones version 2's, so every answer can be checked against what its weights say alone."""
+    target, model_dir = rollout
+    weights = {1: model_base_path / MODEL_NAME / "1", 2: version_2_base / MODEL_NAME / "2"}
+    staged = {}
+    for version in range(2, ROLLOUT_VERSIONS + 1):
+        staged[version] = tmp_path / "staged" / str(version)
+        shutil.copytree(weights[2 - version % 2], staged[version])
+    settings = Settings(backend="tfserving", tfserving_target=target, version_check_seconds=0.2, **SETTINGS)
+    answers: list[list[tuple[int, list[tuple[str, float]]]]] = [[] for _ in range(ROLLOUT_CLIENTS)]
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    with TestClient(create_app(settings)) as client:
+
+        def loop(own: list) -> None:
+            while not stop.is_set():
+                try:
+                    own.append(_captions(client, chelsea_jpeg))
+                except BaseException as error:  # noqa: BLE001 - every failure is the test's finding
+                    failures.append(error)
+                    return
+
+        threads = [threading.Thread(target=loop, args=(own,)) for own in answers]
+        for thread in threads:
+            thread.start()
+        try:
+            for version in range(2, ROLLOUT_VERSIONS + 1):
+                time.sleep(ROLLOUT_EVERY_SECONDS)
+                staged[version].rename(model_dir / str(version))
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not failures:
+                if client.get("/readyz").json().get("version") == ROLLOUT_VERSIONS:
+                    break
+                time.sleep(0.1)
+            time.sleep(ROLLOUT_EVERY_SECONDS)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=60)
+
+    assert not failures, failures[0]
+    served = sorted({version for own in answers for version, _ in own})
+    assert served[0] == 1 and served[-1] == ROLLOUT_VERSIONS
+    assert len(served) >= ROLLOUT_VERSIONS // 2, f"the load saw only versions {served}"
+    for own in answers:
+        versions = [version for version, _ in own]
+        assert versions == sorted(versions), "a client never goes back to an older version"
+        for version, captions in own:
+            want = alone[2 - version % 2]
+            assert _same(captions, want), f"version {version} answered {captions}, its weights alone {want}"
