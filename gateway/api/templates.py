@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from gateway.api.deps import MemesDep, TemplatesDep
-from gateway.templates import Template
+from gateway.templates import THUMBNAIL_SIDE, Template, thumbnail_jpeg
 
 router = APIRouter(tags=["templates"])
 
@@ -31,6 +32,9 @@ class TemplateOut(BaseModel):
     boxes: int
     example: list[str]
     image_url: str
+    thumbnail_url: str = Field(
+        description=f"The image at most {THUMBNAIL_SIDE} px on its longest side (the gallery's)."
+    )
 
 
 class TemplateDetail(TemplateOut):
@@ -47,6 +51,7 @@ def _summary(request: Request, template: Template) -> dict:
         "boxes": len(template.layout) or 2,
         "example": list(template.example),
         "image_url": str(request.url_for("template_image", template_id=template.id)),
+        "thumbnail_url": str(request.url_for("template_thumbnail", template_id=template.id)),
     }
 
 
@@ -66,3 +71,12 @@ async def get_template(template_id: str, request: Request, memes: MemesDep) -> d
 async def template_image(template_id: str, memes: MemesDep) -> FileResponse:
     """The blank template image."""
     return FileResponse(memes.template(template_id).image_path, media_type="image/jpeg")
+
+
+@router.get(
+    "/v1/templates/{template_id}/thumbnail", response_class=Response, responses={200: {"content": {"image/jpeg": {}}}}
+)
+async def template_thumbnail(template_id: str, memes: MemesDep) -> Response:
+    """The template image, small: what the page's gallery shows."""
+    content = await run_in_threadpool(thumbnail_jpeg, memes.template(template_id).image_path)
+    return Response(content, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})
