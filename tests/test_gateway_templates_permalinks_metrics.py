@@ -13,6 +13,7 @@ from PIL import Image
 from gateway.app import create_app
 from gateway.content_filter import ContentFilter
 from gateway.settings import Settings
+from gateway.templates import THUMBNAIL_SIDE
 from tests.support import MODEL_NAME
 
 JSON = {"Accept": "application/json"}
@@ -131,3 +132,13 @@ def test_n_best_setting_is_how_many_captions_a_request_gets_by_default(
             asked = client.post("/v1/memes", files=files, data={**varied, "n": "4"}, headers=JSON).json()
         assert len(body["captions"]) == n_best
         assert len(asked["captions"]) == 4
+
+
+def test_template_thumbnails_are_small_jpegs_of_the_same_shape(client: TestClient) -> None:
+    for template in client.get("/v1/templates").json()[:5]:
+        response = client.get(template["thumbnail_url"])
+        assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
+        thumbnail = Image.open(io.BytesIO(response.content))
+        assert max(thumbnail.size) == min(THUMBNAIL_SIDE, max(template["width"], template["height"]))
+        assert thumbnail.width / thumbnail.height == pytest.approx(template["width"] / template["height"], rel=0.05)
+    assert client.get("/v1/templates/no-such-template/thumbnail").json()["error"]["code"] == "template_not_found"
