@@ -8,6 +8,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY memefly ./memefly
 COPY gateway ./gateway
+COPY cli ./cli
 RUN pip install --no-cache-dir ".[tfserving-protos]" && python -m gateway.protos /protos
 
 # Stage 2: the gateway with its base dependencies and boto3 (sagemaker backend, S3 meme store); the copied
@@ -19,6 +20,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY memefly ./memefly
 COPY gateway ./gateway
+COPY cli ./cli
 RUN pip install --no-cache-dir ".[aws]" && useradd --create-home --uid 10001 memefly
 COPY --from=protos /protos /opt/memefly/protos
 USER memefly

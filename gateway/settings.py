@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     """Sampling draws this many captions per caption returned and keeps the most image-specific."""
     style_beam_width: int = Field(2, ge=1, le=16)
     """Beam search on a model with styles, when each caption takes its own style: each caption's own
-    beam width (their beams share every step; export/evaluate.py's decoding table compares widths)."""
+    beam width (their beams share every step; evaluation/evaluate.py's decoding table compares widths)."""
     max_length: int | None = Field(None, ge=1)
     """Caps the model's own maximum caption length."""
 

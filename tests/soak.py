@@ -96,7 +96,7 @@ def _start_gateway(port: int, log_path: Path, meme_dir: str) -> subprocess.Popen
     env = {"MEMEFLY_MEME_STORE_DIR": meme_dir, **os.environ}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "memefly.cli", "serve", "--port", str(port)], stdout=log, stderr=log, env=env
+            [sys.executable, "-m", "cli.main", "serve", "--port", str(port)], stdout=log, stderr=log, env=env
         )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

@@ -7,7 +7,7 @@ from pathlib import Path
 from PIL import Image
 from typer.testing import CliRunner
 
-from memefly.cli import app
+from cli.main import app
 from tests.support import MODEL_NAME, photo_jpeg
 
 

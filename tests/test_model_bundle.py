@@ -65,7 +65,7 @@ def test_bundle_holds_only_small_files_and_assembles_to_the_same_model(
 
 
 def test_evaluation_report_has_every_metric(tiny_training, tmp_path: Path, data_folder: Path) -> None:
-    from export.evaluate import EvaluationSettings, distinct_n, evaluate, write_reports
+    from evaluation.evaluate import EvaluationSettings, distinct_n, evaluate, write_reports
 
     assert distinct_n([["a", "b", "a", "b"]], 2) == 2 / 3
     bundle = tmp_path / "bundle"
@@ -125,7 +125,7 @@ def test_evaluation_report_has_every_metric(tiny_training, tmp_path: Path, data_
 def test_model_card_is_written_from_the_bundles_own_records(tiny_training, tmp_path: Path) -> None:
     import json
 
-    from export.model_card import write_model_card
+    from evaluation.model_card import write_model_card
 
     bundle = tmp_path / "bundle"
     save_bundle(tiny_training, bundle)

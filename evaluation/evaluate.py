@@ -214,8 +214,8 @@ def _photo_section(
     contact_sheet_path: Path | None,
 ) -> dict:
     """Default captions of the skimage photos and every template; style and topic adherence; perplexity
-    with each validation caption's own topic words (export/photo_evaluation.py)."""
-    from export import photo_evaluation as pe
+    with each validation caption's own topic words (evaluation/photo_evaluation.py)."""
+    from evaluation import photo_evaluation as pe
 
     if not captioner.info.contract.conditioned:
         return {}

@@ -74,10 +74,10 @@ def evaluate(
     data_dir: DataDirOption = None,
 ) -> None:
     """Perplexity with and without the image, caption variety, copying and template retrieval."""
+    from evaluation.evaluate import evaluate as run_evaluation
+    from evaluation.evaluate import write_reports
+    from evaluation.model_card import write_model_card
     from export.data import data_dir as resolve_data_dir
-    from export.evaluate import evaluate as run_evaluation
-    from export.evaluate import write_reports
-    from export.model_card import write_model_card
 
     report = run_evaluation(
         bundle_dir, resolve_data_dir(data_dir), contact_sheet=(out_dir or bundle_dir) / "contact_sheet.png"
@@ -157,13 +157,11 @@ def templates(
         typer.echo(f"{template.id}\t{len(template.layout) or 2}\t{template.name}")
 
 
-def _sample_image() -> str:
-    from export.data import DataMissingError, data_dir
+def _sample_image(templates_dir: Path | None) -> str:
+    from gateway.templates import TemplateStore
 
-    try:
-        return str(data_dir() / "templates" / "buzz.jpg")
-    except DataMissingError:
-        return "photo.jpg"
+    template = TemplateStore(templates_dir).get("buzz")
+    return str(template.image_path) if template else "photo.jpg"
 
 
 @app.command()
@@ -181,7 +179,7 @@ def serve(
 
     settings = Settings(**({"backend": backend} if backend else {}))
     typer.echo(f"memefly gateway on http://{host}:{port} with the {settings.backend} backend; make a meme with:")
-    typer.echo(f"  curl -sS -F image=@{_sample_image()} http://{host}:{port}/v1/memes -o meme.png")
+    typer.echo(f"  curl -sS -F image=@{_sample_image(settings.templates_dir)} http://{host}:{port}/v1/memes -o meme.png")
     gateway_server(create_app(settings), host, port, settings.request_timeout_seconds).run()
 
 

@@ -1,0 +1,1 @@
+"""The `memefly` command: on top of every tier it drives."""
