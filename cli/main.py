@@ -179,7 +179,8 @@ def serve(
 
     settings = Settings(**({"backend": backend} if backend else {}))
     typer.echo(f"memefly gateway on http://{host}:{port} with the {settings.backend} backend; make a meme with:")
-    typer.echo(f"  curl -sS -F image=@{_sample_image(settings.templates_dir)} http://{host}:{port}/v1/memes -o meme.png")
+    sample = _sample_image(settings.templates_dir)
+    typer.echo(f"  curl -sS -F image=@{sample} http://{host}:{port}/v1/memes -o meme.png")
     gateway_server(create_app(settings), host, port, settings.request_timeout_seconds).run()
 
 

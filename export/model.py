@@ -487,7 +487,9 @@ class TransformerDecoder(keras.Model):
     state_dtype = "float32"
     """Its state holds token ids, which float16 holds exactly only up to 2048."""
 
-    def __init__(self, config: ModelConfig, vocab_size: int, feature_shape: tuple[int, ...], **kwargs) -> None:
+    def __init__(
+        self, config: ModelConfig, vocab_size: int, feature_shape: tuple[int, ...], num_styles: int = 0, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         if config.d_model % config.num_heads:
             raise ValueError(f"d_model {config.d_model} is not a multiple of num_heads {config.num_heads}")
@@ -495,7 +497,11 @@ class TransformerDecoder(keras.Model):
             raise ValueError(f"the transformer attends over [positions, channels] features, got {feature_shape}")
         self.max_length = config.max_length
         self.state_size = 1 + config.max_length
-        self.context_shape: tuple[int, ...] = (int(feature_shape[0]), config.d_model)
+        self.positions = int(feature_shape[0])
+        self.conditioned = config.conditioned
+        # Conditioned, the context holds two more rows after the image's positions: the topic and the style,
+        # so cross-attention reads them as it reads image regions.
+        self.context_shape: tuple[int, ...] = (self.positions + 2 * config.conditioned, config.d_model)
         self.embedding_scale = math.sqrt(config.d_model)
         self.feature_noise = keras.layers.GaussianNoise(config.context_noise, seed=config.seed)
         self.feature_norm = keras.layers.LayerNormalization(name="feature_norm")
@@ -504,16 +510,40 @@ class TransformerDecoder(keras.Model):
             TransformerEncoderBlock(config, name=f"encoder_{i}") for i in range(config.encoder_layers)
         ]
         self.token_embedding = keras.layers.Embedding(vocab_size, config.d_model, name="token_embedding")
+        if config.conditioned:
+            self.topic_projection = keras.layers.Dense(config.d_model, activation="tanh", name="topic_projection")
+            self.style_embedding = keras.layers.Embedding(num_styles + 1, config.d_model, name="style_embedding")
+            self.condition_type = keras.layers.Embedding(3, config.d_model, name="condition_type")
         self.position_embedding = keras.layers.Embedding(config.max_length, config.d_model, name="position_embedding")
         self.embedding_dropout = keras.layers.Dropout(config.dropout, seed=config.seed)
         self.decoder_blocks = [TransformerDecoderBlock(config, name=f"decoder_{i}") for i in range(config.num_layers)]
         self.dropout = keras.layers.Dropout(config.dropout, seed=config.seed)
         self.logits = keras.layers.Dense(vocab_size, name="logits")
 
-    def encode_context(self, features: tf.Tensor, training: bool = False) -> tf.Tensor:
-        """Backbone features [B, P, C] → context [B, P, d_model]."""
+    def encode_context(
+        self,
+        features: tf.Tensor,
+        topic_ids: tf.Tensor | None = None,
+        style_ids: tf.Tensor | None = None,
+        training: bool = False,
+    ) -> tf.Tensor:
+        """Backbone features [B, P, C] (and topic ids [B, K], style ids [B]) → context [B, P(+2), d_model]."""
         x = self.feature_norm(self.feature_noise(features, training=training))
         x = self.feature_projection(x)
+        if self.conditioned:
+            rows = tf.shape(features)[0]
+            if topic_ids is None:
+                topic_ids = tf.zeros([rows, 2], tf.int32)
+            if style_ids is None:
+                style_ids = tf.zeros([rows], tf.int32)
+            present = tf.cast(topic_ids > 0, tf.float32)[..., None]
+            count = tf.reduce_sum(present, axis=1)
+            words = tf.reduce_sum(self.token_embedding(topic_ids) * present, axis=1) / tf.maximum(count, 1.0)
+            topic = self.topic_projection(words) * tf.cast(count > 0, tf.float32)
+            style = self.style_embedding(style_ids)
+            # A learned type vector each (image, topic, style), so attention can tell the rows apart.
+            kinds = self.condition_type(tf.constant([0, 1, 2]))
+            x = tf.concat([x + kinds[0], (topic + kinds[1])[:, None], (style + kinds[2])[:, None]], axis=1)
         for block in self.encoder_blocks:
             x = block(x, training=training)
         return x
@@ -526,10 +556,11 @@ class TransformerDecoder(keras.Model):
             x = block(x, context, training=training)
         return self.dropout(x, training=training)
 
-    def call(self, inputs: tuple[tf.Tensor, tf.Tensor], training: bool = False) -> tf.Tensor:
-        """Teacher forcing on backbone features: (tokens [B, T], features [B, P, C]) → logits [B, T, V]."""
-        tokens, features = inputs
-        context = self.encode_context(features, training=training)
+    def call(self, inputs: tuple[tf.Tensor, ...], training: bool = False) -> tf.Tensor:
+        """Teacher forcing on backbone features: (tokens [B, T], features [B, P, C][, topic ids [B, K], style
+        ids [B]]) → logits [B, T, V]."""
+        tokens, features, *conditions = inputs
+        context = self.encode_context(features, *conditions, training=training)
         return self.logits(self._hidden(tokens, context, training))
 
     def decode(self, tokens: tf.Tensor, context: tf.Tensor) -> tf.Tensor:
@@ -558,11 +589,10 @@ def _check_decoder(config: ModelConfig) -> None:
 def build_decoder(config: ModelConfig, vocab_size: int, context_shape: tuple[int, ...], num_styles: int = 0) -> Decoder:
     """The decoder `config` names, built for features of `context_shape` (the image encoder's output)."""
     _check_decoder(config)
+    conditions = (tf.zeros((1, 2), tf.int32), tf.zeros((1,), tf.int32)) if config.conditioned else ()
     if config.decoder == "transformer":
-        decoder: Decoder = TransformerDecoder(config, vocab_size, context_shape, name="transformer_decoder")
-        decoder((tf.zeros((1, 1), tf.int32), tf.zeros((1, *context_shape))))
+        decoder: Decoder = TransformerDecoder(config, vocab_size, context_shape, num_styles, name="transformer_decoder")
     else:
         decoder = GruDecoder(config, vocab_size, num_styles, name="gru_decoder")
-        conditions = (tf.zeros((1, 2), tf.int32), tf.zeros((1,), tf.int32)) if config.conditioned else ()
-        decoder((tf.zeros((1, 1), tf.int32), tf.zeros((1, *context_shape)), *conditions))
+    decoder((tf.zeros((1, 1), tf.int32), tf.zeros((1, *context_shape)), *conditions))
     return decoder

@@ -95,6 +95,7 @@ PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
             num_layers=1,
             ff_dim=64,
             encoder_layers=1,
+            conditioned=True,
         ),
         TrainConfig(epochs=3, max_templates=8, max_captions_per_template=150, augmentations=1, verbose=0),
     ),
@@ -110,6 +111,7 @@ PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
             num_layers=2,
             ff_dim=512,
             encoder_layers=1,
+            conditioned=True,
         ),
         TrainConfig(epochs=12, learning_rate=1e-3, max_captions_per_template=2500, augmentations=7, patience=2),
     ),
@@ -264,12 +266,17 @@ def build_conditioning(
     data = ConditioningData(
         styles,
         build_style_pmi(words, np.array([style_id.get(n, 0) for n in names]), len(styles), len(vocabulary)),
-        np.stack([contexts[i, 0] for i, t in enumerate(templates) if t.id in style_id])
+        # Likeness compares pooled features; a feature map's mean over its positions is that pooling.
+        np.stack([_pooled(contexts[i, 0]) for i, t in enumerate(templates) if t.id in style_id])
         if styles
         else np.zeros((0, contexts.shape[-1]), np.float32),
     )
     candidates = topic_candidates(words, names, content_word_mask(vocabulary))
     return data, TrainingConditions(candidates, style_of_template)
+
+
+def _pooled(features: np.ndarray) -> np.ndarray:
+    return features.mean(axis=0) if features.ndim == 2 else features
 
 
 def training_split(

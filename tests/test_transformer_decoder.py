@@ -16,6 +16,7 @@ from tests.support import (
     MODEL_NAME,
     assert_score_equals_summed_decode_step_log_probs,
     assert_signatures_follow_the_contract,
+    encode_kwargs,
     photo_jpeg,
 )
 
@@ -49,12 +50,12 @@ def _full_distribution(step: dict[str, tf.Tensor], vocab_size: int) -> np.ndarra
     return rows
 
 
-def test_the_contract_carries_the_encoded_feature_map_and_a_prefix_sized_state(
+def test_the_contract_carries_the_encoded_feature_map_with_topic_and_style_rows_and_a_prefix_sized_state(
     contract: ModelContract, trained
 ) -> None:
     config = trained.model_config
-    assert contract.decoder == "transformer"
-    assert contract.context_shape == (49, config.d_model)
+    assert contract.decoder == "transformer" and contract.conditioned and contract.styles
+    assert contract.context_shape == (49 + 2, config.d_model)
     assert contract.state_size == 1 + config.max_length
 
 
@@ -65,7 +66,7 @@ def test_every_signature_follows_the_contract(loaded, contract: ModelContract) -
 def test_encode_decode_step_tokenize_and_score_run_with_contract_shapes(
     loaded, contract: ModelContract, vocabulary: list[str], chelsea_jpeg: bytes
 ) -> None:
-    context = loaded.signatures[ENCODE](image_bytes=tf.constant([chelsea_jpeg, photo_jpeg("coffee")]))["context"]
+    context = loaded.signatures[ENCODE](**encode_kwargs([chelsea_jpeg, photo_jpeg("coffee")]))["context"]
     assert context.shape == (2, *contract.context_shape)
     assert context.dtype == tf.float32
     assert not np.allclose(context[0], context[1]), "different photos must give different contexts"
@@ -98,7 +99,7 @@ def test_encode_decode_step_tokenize_and_score_run_with_contract_shapes(
 def test_score_equals_summed_decode_step_log_probs(
     loaded, contract: ModelContract, vocabulary: list[str], chelsea_jpeg: bytes
 ) -> None:
-    context = loaded.signatures[ENCODE](image_bytes=tf.constant([chelsea_jpeg]))["context"]
+    context = loaded.signatures[ENCODE](**encode_kwargs([chelsea_jpeg]))["context"]
     assert_score_equals_summed_decode_step_log_probs(
         loaded, contract, context, f"{vocabulary[7]} {vocabulary[9]}\n{vocabulary[8]}"
     )
@@ -108,7 +109,7 @@ def test_stepping_from_the_zero_state_gives_the_teacher_forced_distribution_at_e
     trained, vocabulary: list[str], chelsea_jpeg: bytes
 ) -> None:
     module, contract = trained.module, trained.contract
-    context = module.encode(image_bytes=tf.constant([photo_jpeg("coffee"), chelsea_jpeg]))["context"]
+    context = module.encode(**encode_kwargs([photo_jpeg("coffee"), chelsea_jpeg]))["context"]
     texts = [" ".join(vocabulary[5:12]), f"{vocabulary[20]}\n{vocabulary[6]} {vocabulary[30]}"]
     ids = module.tokenize(text=tf.constant(texts))["ids"]
     inputs = tf.concat([tf.fill([2, 1], contract.start_id), ids], axis=1)
@@ -137,7 +138,7 @@ def test_bundle_round_trips_the_transformer(trained, tmp_path: Path, chelsea_jpe
     save_bundle(trained, tmp_path / "bundle")
     rebuilt = load_bundle(tmp_path / "bundle")
     assert rebuilt.contract == trained.contract
-    contexts = [m.encode(image_bytes=tf.constant([chelsea_jpeg]))["context"] for m in (trained.module, rebuilt)]
+    contexts = [m.encode(**encode_kwargs([chelsea_jpeg]))["context"] for m in (trained.module, rebuilt)]
     # float16 weights: nearly the same context and log-probabilities, and the same ranking.
     np.testing.assert_allclose(contexts[0], contexts[1], atol=0.05)
     inputs = {
@@ -156,3 +157,35 @@ def test_bundle_round_trips_the_transformer(trained, tmp_path: Path, chelsea_jpe
 def test_an_unknown_decoder_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="unknown decoder 'lstm'; choose gru or transformer"):
         build_decoder(ModelConfig(encoder="tiny_cnn", decoder="lstm"), 50, (32,))
+
+
+def test_topic_and_style_reach_the_transformer_through_their_own_context_rows(
+    loaded, contract: ModelContract, vocabulary: list[str], chelsea_jpeg: bytes
+) -> None:
+    """The same image in two styles, and with a topic word: the image rows' neighbours in attention differ,
+    so the encoded context and the next-word distribution differ; encode names what each row used."""
+    from export.conditioning import stop_words
+
+    topic_word = next(w for w in vocabulary[10:] if w.isalpha() and len(w) > 3 and w not in stop_words())
+    styles = [contract.styles[0], contract.styles[1], contract.styles[0]]
+    encoded = loaded.signatures[ENCODE](
+        image_bytes=tf.constant([chelsea_jpeg]),
+        image_index=tf.constant([0, 0, 0]),
+        topic=tf.constant(["", "", topic_word]),
+        style=tf.constant(styles),
+        style_rank=tf.constant([0, 0, 0]),
+    )
+    context = encoded["context"].numpy()
+    assert [s.decode() for s in encoded["style"].numpy()] == styles
+    assert encoded["topic"].numpy()[2].decode() == topic_word
+    assert not np.allclose(context[0], context[1]) and not np.allclose(context[0], context[2])
+    step = loaded.signatures[DECODE_STEP](
+        tokens=tf.fill([3], contract.start_id),
+        state=tf.zeros([3, contract.state_size]),
+        context=encoded["context"],
+        context_index=tf.constant([0, 1, 2]),
+        k=tf.constant(contract.vocab_size),
+    )
+    distributions = _full_distribution(step, contract.vocab_size)
+    assert not np.allclose(distributions[0], distributions[1], atol=1e-4)
+    assert not np.allclose(distributions[0], distributions[2], atol=1e-4)
