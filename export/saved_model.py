@@ -30,6 +30,7 @@ from memefly.contract import (
     SignatureSpec,
     signatures,
 )
+from memefly.paths import model_versions
 
 _DTYPES = {"string": tf.string, "int32": tf.int32, "float32": tf.float32, "float16": tf.float16}
 
@@ -245,8 +246,7 @@ def caption_module(
 
 
 def next_version(model_dir: Path) -> int:
-    versions = [int(p.name) for p in model_dir.glob("*") if p.name.isdigit()]
-    return max(versions, default=0) + 1
+    return max(model_versions(model_dir, loadable_only=False), default=0) + 1
 
 
 def export_saved_model(module: CaptionModule, model_dir: Path, version: int | None = None) -> Path:

@@ -19,10 +19,11 @@ from gateway.backends.base import (
     encoding_from_outputs,
 )
 from memefly.contract import DECODE_STEP, ENCODE, METADATA, SCORE, TOKENIZE, ModelContract
+from memefly.paths import model_versions
 
 
 def latest_version(model_dir: Path) -> int:
-    versions = [int(p.name) for p in model_dir.glob("*") if p.name.isdigit() and (p / "saved_model.pb").is_file()]
+    versions = model_versions(model_dir)
     if not versions:
         raise ModelUnavailableError(
             f"no SavedModel version under {model_dir} (expected {model_dir}/<n>/saved_model.pb)"
