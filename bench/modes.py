@@ -52,7 +52,7 @@ OFFLINE_ENCODE_CHUNK = 32
 class MemeOutcome:
     caption: str
     """The best caption, boxes joined by " / " ("" if the search found none)."""
-    rpcs: int
+    model_calls: int
     """Model calls this meme took part in."""
 
 
@@ -343,7 +343,7 @@ class StepLoopMode:
 
     def meme(self, image: bytes) -> MemeOutcome:
         result = self.session.caption(image, self._settings_for, product_request(self.config))
-        return MemeOutcome(result.captions[0].text if result.captions else "", result.rpcs)
+        return MemeOutcome(result.captions[0].text if result.captions else "", result.model_calls)
 
     def close(self) -> None:
         self.session.close()

@@ -348,7 +348,7 @@ def _char_class(chars: set[str]) -> str:
     return "[" + "".join(re.escape(c) for c in sorted(chars)) + "]"
 
 
-def caption_text(ids: tf.Tensor, lengths: tf.Tensor, vocabulary: tf.Tensor) -> tf.Tensor:
+def ids_to_text(ids: tf.Tensor, lengths: tf.Tensor, vocabulary: tf.Tensor) -> tf.Tensor:
     """ids [M, L] and lengths [M] → caption text [M], one line a box, as memefly/text.py writes it.
 
     Up to the first `<end>`, `<sep>` starts a box, other special tokens are dropped, empty boxes

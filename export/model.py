@@ -1,6 +1,6 @@
 """The caption model: a frozen image encoder and a decoder that predicts the next word.
 
-`ModelConfig` names every setting; `build_encoder` and `build_decoder` turn it into Keras pieces that
+`CaptionModelConfig` names every setting; `build_encoder` and `build_decoder` turn it into Keras pieces that
 training fits and `export/saved_model.py` wraps in the contract's signatures.
 
 Two decoders share one interface, so the export and the gateway never ask which one they have:
@@ -45,7 +45,7 @@ DECODERS = ("gru", "transformer")
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class CaptionModelConfig:
     model_name: str = "memefly"
     encoder: str = "efficientnet_lite0"
     """efficientnet_lite0, tiny_cnn (tests), or a keras.applications model whose weights are cached."""
@@ -78,7 +78,7 @@ class ModelConfig:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_file(cls, path: Path) -> ModelConfig:
+    def from_file(cls, path: Path) -> CaptionModelConfig:
         return cls(**json.loads(path.read_text()))
 
 
@@ -303,7 +303,7 @@ def cached_weights(app: KerasApplication, encoder: str) -> Path:
     return path
 
 
-def build_encoder(config: ModelConfig, pretrained: bool = True) -> ImageEncoder:
+def build_encoder(config: CaptionModelConfig, pretrained: bool = True) -> ImageEncoder:
     """The frozen encoder `config` names: pooled features for the GRU, the feature map for the transformer.
 
     `pretrained=False` builds the same structure with random weights (structure checks; no weights read).
@@ -354,7 +354,7 @@ class GruDecoder(keras.Model):
     """The GRU state crosses the wire twice a step; float16 halves that, at a rounding far below the
     model's own noise."""
 
-    def __init__(self, config: ModelConfig, vocab_size: int, num_styles: int = 0, **kwargs) -> None:
+    def __init__(self, config: CaptionModelConfig, vocab_size: int, num_styles: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
         self.state_size = config.state_size
         self.conditioned = config.conditioned
@@ -423,20 +423,20 @@ class GruDecoder(keras.Model):
         return self.logits(output), output
 
 
-def _feed_forward(config: ModelConfig, name: str) -> keras.Sequential:
+def _feed_forward(config: CaptionModelConfig, name: str) -> keras.Sequential:
     return keras.Sequential(
         [keras.layers.Dense(config.ff_dim, activation="relu"), keras.layers.Dense(config.d_model)], name=name
     )
 
 
-def _attention(config: ModelConfig, name: str) -> keras.layers.MultiHeadAttention:
+def _attention(config: CaptionModelConfig, name: str) -> keras.layers.MultiHeadAttention:
     return keras.layers.MultiHeadAttention(config.num_heads, key_dim=config.d_model // config.num_heads, name=name)
 
 
 class TransformerEncoderBlock(keras.layers.Layer):
     """Self-attention over the image positions, then a feed-forward layer; post-norm residuals."""
 
-    def __init__(self, config: ModelConfig, **kwargs) -> None:
+    def __init__(self, config: CaptionModelConfig, **kwargs) -> None:
         super().__init__(**kwargs)
         self.attention = _attention(config, "self_attention")
         self.feed_forward = _feed_forward(config, "feed_forward")
@@ -453,7 +453,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
 class TransformerDecoderBlock(keras.layers.Layer):
     """Causal self-attention over the words so far, cross-attention over the image, feed-forward."""
 
-    def __init__(self, config: ModelConfig, **kwargs) -> None:
+    def __init__(self, config: CaptionModelConfig, **kwargs) -> None:
         super().__init__(**kwargs)
         self.self_attention = _attention(config, "self_attention")
         self.cross_attention = _attention(config, "cross_attention")
@@ -487,7 +487,7 @@ class TransformerDecoder(keras.Model):
     state_dtype = "float32"
     """Its state holds token ids, which float16 holds exactly only up to 2048."""
 
-    def __init__(self, config: ModelConfig, vocab_size: int, feature_shape: tuple[int, ...], **kwargs) -> None:
+    def __init__(self, config: CaptionModelConfig, vocab_size: int, feature_shape: tuple[int, ...], **kwargs) -> None:
         super().__init__(**kwargs)
         if config.d_model % config.num_heads:
             raise ValueError(f"d_model {config.d_model} is not a multiple of num_heads {config.num_heads}")
@@ -550,12 +550,14 @@ class TransformerDecoder(keras.Model):
 Decoder = GruDecoder | TransformerDecoder
 
 
-def _check_decoder(config: ModelConfig) -> None:
+def _check_decoder(config: CaptionModelConfig) -> None:
     if config.decoder not in DECODERS:
         raise ValueError(f"unknown decoder {config.decoder!r}; choose {' or '.join(DECODERS)}")
 
 
-def build_decoder(config: ModelConfig, vocab_size: int, context_shape: tuple[int, ...], num_styles: int = 0) -> Decoder:
+def build_decoder(
+    config: CaptionModelConfig, vocab_size: int, context_shape: tuple[int, ...], num_styles: int = 0
+) -> Decoder:
     """The decoder `config` names, built for features of `context_shape` (the image encoder's output)."""
     _check_decoder(config)
     if config.decoder == "transformer":

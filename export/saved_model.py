@@ -14,8 +14,8 @@ from pathlib import Path
 import tensorflow as tf
 
 from export.conditioning import CONCEPTS_PER_IMAGE, Conditioner, ConditioningData
-from export.generate import SearchInputs, SpecialIds, beam_search, caption_text, check_search_settings
-from export.model import Decoder, ImageEncoder, ModelConfig
+from export.generate import SearchInputs, SpecialIds, beam_search, check_search_settings, ids_to_text
+from export.model import CaptionModelConfig, Decoder, ImageEncoder
 from export.tokenizer import Tokenizer
 from export.warmup import write_warmup_requests
 from memefly.contract import (
@@ -184,7 +184,7 @@ class CaptionModule(tf.Module):
                 for name, value in found.items()
             }
         shape = tf.shape(found["lengths"])
-        text = caption_text(
+        text = ids_to_text(
             tf.reshape(found["ids"], [shape[0] * shape[1], -1]),
             tf.reshape(found["lengths"], [-1]),
             self.tokenizer.vocabulary(),
@@ -217,7 +217,7 @@ class CaptionModule(tf.Module):
 
 
 def caption_module(
-    model_config: ModelConfig,
+    model_config: CaptionModelConfig,
     encoder: ImageEncoder,
     decoder: Decoder,
     tokenizer: Tokenizer,

@@ -50,7 +50,8 @@ class CaptionResult:
     captions: list[Caption]
     model_name: str
     model_version: int
-    rpcs: int
+    model_calls: int
+    """Calls made to the model tier for this meme (the API's `rpcs`)."""
     concepts: tuple[tuple[str, float], ...] = ()
     """What the photo showed: concept words and their probabilities, most likely first."""
 
@@ -127,21 +128,21 @@ class Captioner:
         whole_search = isinstance(settings, SearchSettings) and not request.context_noise
         if whole_search and isinstance(self.backend, GenerateBackend):
             # One model call: the model tokenizes the prefix, encodes and searches in-graph (no noise possible).
-            return self._result(self.backend.generate(image_jpeg, settings, request.prefix), rpcs=1)
+            return self._result(self.backend.generate(image_jpeg, settings, request.prefix), model_calls=1)
         deadline = time.monotonic() + request.timeout_seconds
         prefix = self._prefix(request)
         context = _with_noise(self.scheduler.encode(image_jpeg, deadline), request)
-        rpcs = bool(request.prefix.strip()) + 1  # the `tokenize` call, if any, and `encode`
+        model_calls = bool(request.prefix.strip()) + 1  # the `tokenize` call, if any, and `encode`
         rerank = isinstance(settings, SamplingSettings) and settings.rerank > 1
         if rerank:
             wanted, settings = settings.n, replace(settings, n=settings.n * settings.rerank)
         search = self._search(settings, prefix)
-        rpcs += self.scheduler.decode(search, context, deadline, request.cancel)
-        result = self._result(search.results(), rpcs)
+        model_calls += self.scheduler.decode(search, context, deadline, request.cancel)
+        result = self._result(search.results(), model_calls)
         if not rerank:
             return result
         kept, calls = self._most_specific_rows([result.captions], context[None], ("",), wanted, deadline)
-        return replace(result, captions=kept[0], rpcs=result.rpcs + calls)
+        return replace(result, captions=kept[0], model_calls=result.model_calls + calls)
 
     def template_picker(self, templates: Sequence[Template]) -> TemplatePicker:
         """Text to template on this version (its styles), built once."""
@@ -179,12 +180,14 @@ class Captioner:
             settings = replace(settings, beam_width=width, n_best=1)
         whole_search = isinstance(settings, SearchSettings) and not request.context_noise
         if whole_search and isinstance(self.backend, GenerateBackend) and one_style_each and not request.topic:
-            found = self._result(self.backend.generate(image_jpeg, settings, request.prefix, captions=rows), rpcs=1)
+            found = self._result(
+                self.backend.generate(image_jpeg, settings, request.prefix, captions=rows), model_calls=1
+            )
             return replace(found, captions=_one_style_each_in_turn([[c] for c in found.captions]))
         prefix = self._prefix(request)
         encoding = self.scheduler.encode_rows([image_jpeg], conditions, deadline)
         contexts = _with_noise(encoding.contexts, request)
-        rpcs = bool(request.prefix.strip()) + 1  # the `tokenize` call, if any, and `encode`
+        model_calls = bool(request.prefix.strip()) + 1  # the `tokenize` call, if any, and `encode`
         rerank = isinstance(settings, SamplingSettings) and settings.rerank > 1
         per_row = 1
         if isinstance(settings, SamplingSettings):
@@ -200,7 +203,7 @@ class Captioner:
         else:
             row_settings = [settings] * rows
         searches = [self._search(row, prefix) for row in row_settings]
-        rpcs += self.scheduler.decode_all(searches, contexts, deadline, request.cancel)
+        model_calls += self.scheduler.decode_all(searches, contexts, deadline, request.cancel)
         per_row_captions = [
             [
                 replace(c, topic=encoding.topics[row], style=encoding.styles[row])
@@ -212,9 +215,9 @@ class Captioner:
             per_row_captions, calls = self._most_specific_rows(
                 per_row_captions, contexts, encoding.styles, per_row, deadline
             )
-            rpcs += calls
+            model_calls += calls
         merged = _one_style_each_in_turn(per_row_captions)
-        return CaptionResult(merged, self.info.name, self.info.version, rpcs, encoding.concepts[0])
+        return CaptionResult(merged, self.info.name, self.info.version, model_calls, encoding.concepts[0])
 
     def _prefix(self, request: CaptionRequest) -> tuple[int, ...]:
         """The model's tokens for the request's caption beginning (one `tokenize` call), or none."""
@@ -241,7 +244,7 @@ class Captioner:
             if not missing:
                 return 0
             conditions = [Condition(0, "", style, 0) for style in missing]
-            encoding = self.scheduler.encode_rows([blank_image_jpeg()], conditions, deadline, joins=False)
+            encoding = self.scheduler.encode_rows([blank_image_jpeg()], conditions, deadline, decode_follows=False)
             self._blank_contexts.update(zip(missing, encoding.contexts, strict=True))
             return 1
 
@@ -271,10 +274,10 @@ class Captioner:
             kept.append([replace(captions[i], specificity=float(own[i])) for i in most_specific(own, own_texts, n)])
         return kept, calls + 1
 
-    def _result(self, hypotheses: list[Hypothesis], rpcs: int) -> CaptionResult:
+    def _result(self, hypotheses: list[Hypothesis], model_calls: int) -> CaptionResult:
         vocabulary, contract = self.info.vocabulary, self.info.contract
         captions = [Caption(ids_to_boxes(h.ids, vocabulary, contract), h.score, h.log_prob) for h in hypotheses]
-        return CaptionResult([c for c in captions if c.boxes], self.info.name, self.info.version, rpcs)
+        return CaptionResult([c for c in captions if c.boxes], self.info.name, self.info.version, model_calls)
 
 
 def _with_noise(contexts: np.ndarray, request: CaptionRequest) -> np.ndarray:
@@ -396,7 +399,7 @@ class ModelSession:
                 self._release(captioner)
             log.info(
                 "captioned",
-                extra={"version": result.model_version, "rpcs": result.rpcs, "captions": len(result.captions)},
+                extra={"version": result.model_version, "rpcs": result.model_calls, "captions": len(result.captions)},
             )
             return result
 

@@ -61,8 +61,9 @@ class _EncodeJob:
     images: list[bytes]
     conditions: list[Condition]
     deadline: float
-    joins: bool = True
-    counted: bool = False
+    decode_follows: bool = True
+    """A `decode` for this request follows at once, so the next tick may wait a moment for it."""
+    counted_as_joining: bool = False
     """Counted in `_joining` until its search joins (or its request gives up)."""
     future: Future = field(default_factory=Future)
 
@@ -113,18 +114,18 @@ class BatchScheduler:
 
     # Request side -----------------------------------------------------------------------------
 
-    def encode(self, image: bytes, deadline: float, joins: bool = True) -> np.ndarray:
+    def encode(self, image: bytes, deadline: float, decode_follows: bool = True) -> np.ndarray:
         """The context row for one image (the model's own topic and style); blocks until the merged
-        `encode` call returns. `joins`: a `decode` for this request follows at once, so the next tick
-        may wait a moment for it."""
-        return self.encode_rows([image], [Condition(0)], deadline, joins).contexts[0]
+        `encode` call returns. `decode_follows`: a `decode` for this request follows at once, so the next
+        tick may wait a moment for it."""
+        return self.encode_rows([image], [Condition(0)], deadline, decode_follows).contexts[0]
 
     def encode_rows(
-        self, images: list[bytes], conditions: list[Condition], deadline: float, joins: bool = True
+        self, images: list[bytes], conditions: list[Condition], deadline: float, decode_follows: bool = True
     ) -> Encoding:
         """A context for each row of `conditions` (indices into `images`), merged into one `encode` call
         with the other requests' images."""
-        job = _EncodeJob(list(images), list(conditions), deadline, joins=joins)
+        job = _EncodeJob(list(images), list(conditions), deadline, decode_follows=decode_follows)
         with self._wake:
             self._check_open()
             self._encodes.append(job)
@@ -133,9 +134,9 @@ class BatchScheduler:
             return self._wait(job.future, deadline)
         except BaseException:
             with self._wake:
-                if job.counted:
+                if job.counted_as_joining:
                     self._joining = max(0, self._joining - 1)
-                    job.counted = False
+                    job.counted_as_joining = False
             raise
 
     def decode(
@@ -241,8 +242,8 @@ class BatchScheduler:
         self.stats.encode_images += len(images)
         with self._wake:
             for job in live:
-                job.counted = job.joins
-            self._joining += sum(job.joins for job in live)
+                job.counted_as_joining = job.decode_follows
+            self._joining += sum(job.decode_follows for job in live)
         row = image = 0
         for job in live:
             rows = slice(row, row + len(job.conditions))

@@ -68,7 +68,7 @@ class Hypothesis:
     score: float
 
 
-class _Decoding:
+class _LiveBeams:
     """Live beams of one request and the rules every caption obeys, whatever picks the tokens."""
 
     settings: SearchSettings | SamplingSettings
@@ -179,7 +179,7 @@ class _Decoding:
         raise NotImplementedError
 
 
-class BeamSearch(_Decoding):
+class BeamSearch(_LiveBeams):
     def __init__(
         self,
         settings: SearchSettings,
@@ -233,7 +233,7 @@ class BeamSearch(_Decoding):
         self._finish_at_max_length()
 
 
-class Sampling(_Decoding):
+class Sampling(_LiveBeams):
     """`n` independent samples of one request, reproducible with a seed."""
 
     def __init__(

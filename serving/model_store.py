@@ -27,7 +27,7 @@ from tensorflow.core.protobuf import error_codes_pb2, meta_graph_pb2, saved_mode
 from tensorflow_serving.apis import model_pb2
 
 from memefly.paths import model_versions
-from serving.batching import BatchScheduler, BatchSignature
+from serving.batching import BatchSignature, SharedBatchScheduler
 from serving.batching_options import PER_MODEL_PARAMETERS_FILE, BatchingOptions
 from serving.errors import (
     FailedPreconditionError,
@@ -59,7 +59,7 @@ class VersionStatus:
 class Batching:
     """``--enable_batching``: the shared batch threads, and the parameters for each model version."""
 
-    scheduler: BatchScheduler
+    scheduler: SharedBatchScheduler
     options: BatchingOptions
     per_model: bool = False  # --enable_per_model_batching_parameters
 
@@ -96,7 +96,7 @@ class LoadedVersion:
         name: str,
         version: int,
         path: Path,
-        batching: tuple[BatchScheduler, BatchingOptions] | None = None,
+        batching: tuple[SharedBatchScheduler, BatchingOptions] | None = None,
     ) -> None:
         self.name = name
         self.version = version

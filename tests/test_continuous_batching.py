@@ -59,7 +59,7 @@ def test_concurrent_requests_share_decode_calls_and_match_solo_results(
     calls_before = stats.decode_calls
     alone = caption_all(session, images, settings, concurrent=False)
     solo_calls = stats.decode_calls - calls_before
-    assert solo_calls == sum(r.rpcs - 1 for r in alone)
+    assert solo_calls == sum(r.model_calls - 1 for r in alone)
 
     calls_before, beams_before = stats.decode_calls, stats.decode_beams
     together = caption_all(session, images, settings, concurrent=True)
@@ -70,7 +70,7 @@ def test_concurrent_requests_share_decode_calls_and_match_solo_results(
     for solo, shared in zip(alone, together, strict=True):
         assert [c.boxes for c in solo.captions] == [c.boxes for c in shared.captions]
         np.testing.assert_allclose([c.score for c in solo.captions], [c.score for c in shared.captions], rtol=1e-4)
-        assert solo.rpcs == shared.rpcs
+        assert solo.model_calls == shared.model_calls
 
 
 def test_prefix_is_kept_and_completed(session: ModelSession, images: list[bytes]) -> None:

@@ -148,7 +148,7 @@ def test_captions_over_sagemaker_are_the_embedded_backends(
     assert sagemaker_info.version == 1
     assert [c.boxes for c in sagemaker.captions] == [c.boxes for c in embedded.captions]
     assert [c.log_prob for c in sagemaker.captions] == pytest.approx([c.log_prob for c in embedded.captions], abs=1e-4)
-    assert sagemaker.rpcs == embedded.rpcs
+    assert sagemaker.model_calls == embedded.model_calls
     assert sagemaker.captions, "the model wrote no caption"
 
 

@@ -95,8 +95,8 @@ def test_sampling_returns_the_most_image_specific_of_its_draws(
     assert all(c.specificity is None for c in draws.captions)
     # The blank image's context is encoded once per model version; each re-ranked request adds one `score`.
     assert second.captions == first.captions
-    assert first.rpcs - draws.rpcs == 2
-    assert second.rpcs - draws.rpcs == 1
+    assert first.model_calls - draws.model_calls == 2
+    assert second.model_calls - draws.model_calls == 1
 
 
 def test_score_over_grpc_equals_the_in_process_score(model_base_path: Path, serving_target: str) -> None:

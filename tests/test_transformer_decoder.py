@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from export.bundle import load_bundle, save_bundle
-from export.model import ModelConfig, build_decoder
+from export.model import CaptionModelConfig, build_decoder
 from export.saved_model import export_saved_model
 from memefly.contract import DECODE_STEP, ENCODE, METADATA, SCORE, TOKENIZE, ModelContract
 from tests.support import (
@@ -155,4 +155,4 @@ def test_bundle_round_trips_the_transformer(trained, tmp_path: Path, chelsea_jpe
 
 def test_an_unknown_decoder_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="unknown decoder 'lstm'; choose gru or transformer"):
-        build_decoder(ModelConfig(encoder="tiny_cnn", decoder="lstm"), 50, (32,))
+        build_decoder(CaptionModelConfig(encoder="tiny_cnn", decoder="lstm"), 50, (32,))

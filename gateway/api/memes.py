@@ -401,7 +401,7 @@ async def _generate(
         raise ApiError(422, "invalid_image", str(error)) from error
     allowed = [c for c in result.captions if content_filter.allows(c.text)]
     metrics.memes.labels(session.backend.name).inc()
-    metrics.rpcs_per_meme.observe(result.rpcs)
+    metrics.model_calls_per_meme.observe(result.model_calls)
     return replace(result, captions=allowed[: options.n])
 
 
@@ -443,7 +443,7 @@ async def _respond(
             ],
             concepts=[ConceptOut(word=word, probability=p) for word, p in result.concepts],
             model=ModelOut(name=result.model_name, version=result.model_version, backend=backend) if backend else None,
-            rpcs=result.rpcs,
+            rpcs=result.model_calls,
             width=image.width,
             height=image.height,
             permalink=permalink,
@@ -452,5 +452,5 @@ async def _respond(
         return Response(body.model_dump_json(), media_type="application/json", headers={"Location": permalink})
     headers = {"X-Memefly-Caption": quote(" / ".join(boxes)), "Location": permalink}
     if backend:
-        headers |= {"X-Memefly-Model-Version": str(result.model_version), "X-Memefly-RPCs": str(result.rpcs)}
+        headers |= {"X-Memefly-Model-Version": str(result.model_version), "X-Memefly-RPCs": str(result.model_calls)}
     return Response(content, media_type=media_type, headers=headers)
