@@ -19,7 +19,7 @@ import numpy as np
 from gateway.backends import Condition, ModelBackend, ModelInfo, ModelVersionGoneError
 from gateway.backends.base import GenerateBackend
 from gateway.rerank import blank_image_jpeg, most_specific, specificity
-from gateway.scheduler import BatchScheduler
+from gateway.scheduler import BatchScheduler, SchedulerSettings
 from gateway.search import BeamSearch, Hypothesis, Sampling, SamplingSettings, SearchSettings
 from gateway.template_picker import TemplatePicker
 from gateway.templates import Template
@@ -327,18 +327,13 @@ class ModelSession:
     def __init__(
         self,
         backend: ModelBackend,
-        max_batch_beams: int = 256,
-        batch_wait_seconds: float = 0.002,
-        on_decode_batch: Callable[[int], None] | None = None,
+        scheduler: SchedulerSettings | None = None,
         version_check_seconds: float = 5.0,
         on_version_switch: Callable[[ModelInfo], None] | None = None,
-        encode_workers: int = 2,
     ) -> None:
         self.backend = backend
-        self.encode_workers = encode_workers
-        self.max_batch_beams = max_batch_beams
-        self.batch_wait_seconds = batch_wait_seconds
-        self.on_decode_batch = on_decode_batch
+        self.scheduler_settings = scheduler or SchedulerSettings()
+        """Each version's `BatchScheduler` batches by these."""
         self.version_check_seconds = version_check_seconds
         self.on_version_switch = on_version_switch
         self._captioner: Captioner | None = None
@@ -414,9 +409,7 @@ class ModelSession:
     def _switch(self) -> None:
         info = self.backend.load_metadata()
         pinned = self.backend.pinned(info.version)
-        scheduler = BatchScheduler(
-            pinned, self.max_batch_beams, self.batch_wait_seconds, self.on_decode_batch, self.encode_workers
-        )
+        scheduler = BatchScheduler(pinned, self.scheduler_settings)
         old, self._captioner = self._captioner, Captioner(pinned, info, scheduler)
         self._checked_at = time.monotonic()
         if old is not None:

@@ -80,22 +80,27 @@ class BatchStats:
         return self.decode_beams / self.decode_calls if self.decode_calls else 0.0
 
 
+@dataclass(frozen=True)
+class SchedulerSettings:
+    """How a `BatchScheduler` batches; a `ModelSession` gives the same to each version's scheduler."""
+
+    max_batch_beams: int = 256
+    """The most beams one `decode_step` call carries."""
+    batch_wait_seconds: float = 0.002
+    """How long a tick waits for requests whose image is encoded and whose search is about to join."""
+    on_decode_batch: Callable[[int], None] | None = None
+    """Called with the beams of each `decode_step` call (a metric)."""
+    encode_workers: int = 2
+    """`encode` calls in flight at once."""
+
+
 class BatchScheduler:
-    """Worker threads run every model call: one for `decode_step`, `encode_workers` for `encode`;
+    """Worker threads run every model call: one for `decode_step`, `settings.encode_workers` for `encode`;
     request threads only enqueue and wait."""
 
-    def __init__(
-        self,
-        backend: ModelBackend,
-        max_batch_beams: int = 256,
-        batch_wait_seconds: float = 0.002,
-        on_decode_batch: Callable[[int], None] | None = None,
-        encode_workers: int = 2,
-    ) -> None:
+    def __init__(self, backend: ModelBackend, settings: SchedulerSettings = SchedulerSettings()) -> None:
         self.backend = backend
-        self.max_batch_beams = max_batch_beams
-        self.batch_wait_seconds = batch_wait_seconds
-        self.on_decode_batch = on_decode_batch
+        self.settings = settings
         self.stats = BatchStats()
         self._jobs: list[_Job] = []
         self._encodes: list[_EncodeJob] = []
@@ -106,7 +111,7 @@ class BatchScheduler:
             threading.Thread(target=self._run, name="batch-scheduler-decode", daemon=True),
             *(
                 threading.Thread(target=self._run_encoder, name=f"batch-scheduler-encode-{n}", daemon=True)
-                for n in range(encode_workers)
+                for n in range(settings.encode_workers)
             ),
         ]
         for worker in self._workers:
@@ -205,8 +210,8 @@ class BatchScheduler:
                     self._fail_all(RuntimeError("the scheduler is shut down"))
                     return
                 # Requests whose image is encoded join this tick if we wait a moment for them.
-                if self._joining and self.batch_wait_seconds > 0:
-                    self._wake.wait(self.batch_wait_seconds)
+                if self._joining and self.settings.batch_wait_seconds > 0:
+                    self._wake.wait(self.settings.batch_wait_seconds)
             self._run_decode_tick()
 
     def _run_encoder(self) -> None:
@@ -272,7 +277,7 @@ class BatchScheduler:
             self._jobs = keep
             batch, beams = [], 0
             for job in keep:
-                if batch and beams + job.search.num_live > self.max_batch_beams:
+                if batch and beams + job.search.num_live > self.settings.max_batch_beams:
                     break
                 batch.append(job)
                 beams += job.search.num_live
@@ -297,8 +302,8 @@ class BatchScheduler:
             return
         self.stats.decode_calls += 1
         self.stats.decode_beams += len(tokens)
-        if self.on_decode_batch is not None:
-            self.on_decode_batch(len(tokens))
+        if self.settings.on_decode_batch is not None:
+            self.settings.on_decode_batch(len(tokens))
         start = 0
         finished = []
         for job in batch:

@@ -13,7 +13,7 @@ import pytest
 from gateway.backends import Condition, Encoding
 from gateway.backends.embedded import EmbeddedBackend
 from gateway.captioner import CaptionRequest, ModelSession
-from gateway.scheduler import DeadlineExceeded
+from gateway.scheduler import DeadlineExceeded, SchedulerSettings
 from gateway.search import SamplingSettings, SearchSettings
 from tests.support import MODEL_NAME, photo_jpeg
 
@@ -22,7 +22,7 @@ PHOTOS = ["chelsea", "astronaut", "coffee", "rocket"]
 
 @pytest.fixture(scope="module")
 def session(model_base_path: Path):
-    session = ModelSession(EmbeddedBackend(model_base_path, MODEL_NAME), batch_wait_seconds=0.02)
+    session = ModelSession(EmbeddedBackend(model_base_path, MODEL_NAME), SchedulerSettings(batch_wait_seconds=0.02))
     yield session
     session.close()
 
@@ -164,7 +164,7 @@ def test_a_new_requests_encode_does_not_stall_requests_already_decoding(model_ba
 def test_an_image_arriving_while_another_encodes_does_not_wait_for_it(model_base_path: Path) -> None:
     held = photo_jpeg("rocket")
     backend = _OneEncodeThatWaits(model_base_path, held)
-    session = ModelSession(backend, encode_workers=2)
+    session = ModelSession(backend, SchedulerSettings(encode_workers=2))
     settings = SearchSettings(beam_width=3, n_best=1, max_length=12)
     try:
         captioner = session.captioner()
