@@ -188,6 +188,7 @@ class CaptionModule(tf.Module):
             tf.reshape(found["ids"], [shape[0] * shape[1], -1]),
             tf.reshape(found["lengths"], [-1]),
             self.tokenizer.vocabulary(),
+            contract,
         )
         return {**found, "text": tf.reshape(text, shape)}
 

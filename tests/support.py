@@ -121,12 +121,11 @@ def assert_score_equals_summed_decode_step_log_probs(loaded, contract, context, 
 def encode_arrays(images: list[bytes], conditioned: bool = True) -> dict:
     """`encode`'s inputs as NumPy arrays: the images, and for a conditioned model one row an image with
     the model's own topic and style choice."""
-    import numpy as np
-
     from gateway.backends.base import default_conditions, encode_inputs
+    from memefly.contract import conditioned_encode_signature, encode_signature
 
-    arrays = {"image_bytes": np.array(images, dtype=object)}
-    return arrays | (encode_inputs(default_conditions(len(images))) if conditioned else {})
+    spec = conditioned_encode_signature((), 0) if conditioned else encode_signature(())
+    return encode_inputs(spec, images, default_conditions(len(images)))
 
 
 def encode_kwargs(images: list[bytes], conditioned: bool = True) -> dict:

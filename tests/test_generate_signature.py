@@ -58,7 +58,7 @@ class Model:
             context = self.call(ENCODE, image_bytes=tf.constant([image]))["context"]
             return self._search(context, prefix, settings)
         conditions = [Condition(0, "", "", rank) for rank in range(settings.n_best)]
-        inputs = {"image_bytes": np.array([image], dtype=object), **encode_inputs(conditions)}
+        inputs = encode_inputs(self.contract.encode, [image], conditions)
         contexts = self.call(ENCODE, **{name: tf.constant(value) for name, value in inputs.items()})["context"]
         one = replace(settings, n_best=1)
         return [hypothesis for row in contexts for hypothesis in self._search(row[None], prefix, one)]

@@ -27,14 +27,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from gateway.backends import ModelUnavailableError
-from gateway.backends.sagemaker import (
-    METADATA_REST,
-    METADATA_REST_INPUT,
-    SageMakerBackend,
-    SageMakerGenerateBackend,
-)
+from gateway.backends.sagemaker import SageMakerBackend, SageMakerGenerateBackend
 from gateway.search import SearchSettings
-from memefly.contract import DECODE_STEP_REST
+from memefly.contract import DECODE_STEP_REST, METADATA_REST, METADATA_REST_SIGNATURE
 from tests.support import MODEL_NAME, free_port, photo_jpeg, serving_process
 
 STARTUP_SECONDS = 90
@@ -61,7 +56,7 @@ def export_with_rest_metadata(module, model_dir: Path) -> None:
         return {"vocabulary": outputs["vocabulary"], "contract": tf.reshape(outputs["contract"], [1])}
 
     wrapper.metadata_rest = tf.function(
-        metadata_rest, input_signature=[tf.TensorSpec([], tf.int32, name=METADATA_REST_INPUT)]
+        metadata_rest, input_signature=[tf.TensorSpec([], tf.int32, name=METADATA_REST_SIGNATURE.inputs[0].name)]
     )
     signatures = {
         ENCODE: module.encode,
