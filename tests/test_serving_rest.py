@@ -13,16 +13,24 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import httpx
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from memefly.contract import DECODE_STEP, ENCODE, METADATA, ModelContract
 from serving.tier import ServingTier, TierOptions
-from tests.support import MODEL_NAME, encode_arrays, free_port
+from tests.support import (
+    MODEL_NAME,
+    encode_arrays,
+    free_port,
+    grpc_predict,
+    grpc_target,
+    prediction_stub,
+    rest_client,
+    running_tier,
+)
 
 MODEL = "scorer"
 
@@ -75,51 +83,34 @@ def export_scorer(path: Path) -> None:
     tf.saved_model.save(module, str(path), signatures=signatures)
 
 
-def start_tier(name: str, base_path: Path) -> ServingTier:
-    tier = ServingTier(
-        TierOptions(
-            grpc_port=free_port(),
-            rest_api_port=free_port(),
-            model_name=name,
-            model_base_path=str(base_path),
-            file_system_poll_wait_seconds=0,
-        )
+def tier_options(name: str, base_path: Path) -> TierOptions:
+    return TierOptions(
+        grpc_port=free_port(),
+        rest_api_port=free_port(),
+        model_name=name,
+        model_base_path=str(base_path),
+        file_system_poll_wait_seconds=0,
     )
-    assert tier.start(), "serving tier did not start"
-    return tier
 
 
 @pytest.fixture(scope="module")
 def tier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingTier]:
     base_path = tmp_path_factory.mktemp("rest") / MODEL
     export_scorer(base_path / "1")
-    tier = start_tier(MODEL, base_path)
-    try:
+    with running_tier(tier_options(MODEL, base_path)) as tier:
         yield tier
-    finally:
-        tier.stop(0)
 
 
 @pytest.fixture(scope="module")
 def rest(tier: ServingTier) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=f"http://127.0.0.1:{tier.options.rest_api_port}", timeout=30) as client:
+    with rest_client(tier.options.rest_api_port) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
 def stub(tier: ServingTier) -> Iterator[prediction_service_pb2_grpc.PredictionServiceStub]:
-    with grpc.insecure_channel(f"127.0.0.1:{tier.options.grpc_port}") as channel:
-        yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
-
-
-def grpc_predict(stub, signature: str, inputs: dict, model: str = MODEL) -> dict[str, np.ndarray]:
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model
-    request.model_spec.signature_name = signature
-    for alias, value in inputs.items():
-        request.inputs[alias].CopyFrom(tf.make_tensor_proto(value))
-    response = stub.Predict(request, timeout=30)
-    return {alias: tf.make_ndarray(proto) for alias, proto in response.outputs.items()}
+    with prediction_stub(grpc_target(tier)) as stub:
+        yield stub
 
 
 TEXTS = [b"hi", b"\xff\x00binary"]
@@ -133,7 +124,7 @@ def grpc_score(stub) -> dict[str, np.ndarray]:
         "count": np.array(COUNTS, np.int32),
         "weights": np.array(WEIGHTS, np.float32),
     }
-    return grpc_predict(stub, "serving_default", inputs)
+    return grpc_predict(stub, MODEL, "serving_default", inputs)
 
 
 def loads(response: httpx.Response) -> dict:
@@ -228,7 +219,7 @@ def test_signatures_without_inputs_are_refused_over_rest_as_tf_serving_does(
         400,
         {"error": "Failed to get input map for signature: labels"},
     )
-    assert grpc_predict(stub, "labels", {})["model"] == b"scorer"  # gRPC serves it
+    assert grpc_predict(stub, MODEL, "labels", {})["model"] == b"scorer"  # gRPC serves it
 
 
 def test_model_status_is_proto_json_as_tf_serving_prints_it(rest: httpx.Client) -> None:
@@ -396,28 +387,25 @@ def test_classify_and_regress_are_routed_but_not_implemented(rest: httpx.Client)
 
 @pytest.fixture(scope="module")
 def caption_tier(model_base_path: Path) -> Iterator[ServingTier]:
-    tier = start_tier(MODEL_NAME, model_base_path / MODEL_NAME)
-    try:
+    with running_tier(tier_options(MODEL_NAME, model_base_path / MODEL_NAME)) as tier:
         yield tier
-    finally:
-        tier.stop(0)
 
 
 @pytest.fixture(scope="module")
 def caption_rest(caption_tier: ServingTier) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=f"http://127.0.0.1:{caption_tier.options.rest_api_port}", timeout=60) as client:
+    with rest_client(caption_tier.options.rest_api_port, timeout=60) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
 def caption_stub(caption_tier: ServingTier) -> Iterator[prediction_service_pb2_grpc.PredictionServiceStub]:
-    with grpc.insecure_channel(f"127.0.0.1:{caption_tier.options.grpc_port}") as channel:
-        yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    with prediction_stub(grpc_target(caption_tier)) as stub:
+        yield stub
 
 
 @pytest.fixture(scope="module")
 def contract(caption_stub) -> ModelContract:
-    return ModelContract.from_json(grpc_predict(caption_stub, METADATA, {}, MODEL_NAME)["contract"].item())
+    return ModelContract.from_json(grpc_predict(caption_stub, MODEL_NAME, METADATA, {})["contract"].item())
 
 
 def test_caption_encode_over_rest_gives_the_grpc_context(caption_rest, caption_stub, chelsea_jpeg: bytes) -> None:
@@ -433,7 +421,7 @@ def test_caption_encode_over_rest_gives_the_grpc_context(caption_rest, caption_s
 
     assert response.status_code == 200, response.text
     context = np.array(response.json()["outputs"]["context"], np.float32)
-    expected = grpc_predict(caption_stub, ENCODE, encode_arrays([chelsea_jpeg]), MODEL_NAME)
+    expected = grpc_predict(caption_stub, MODEL_NAME, ENCODE, encode_arrays([chelsea_jpeg]))
     np.testing.assert_array_equal(context, expected["context"])
 
 
@@ -454,7 +442,7 @@ def test_caption_decode_step_over_rest_gives_the_grpc_outputs(caption_rest, capt
 
     assert response.status_code == 200, response.text
     outputs = response.json()["outputs"]
-    expected = grpc_predict(caption_stub, signature, inputs, MODEL_NAME)
+    expected = grpc_predict(caption_stub, MODEL_NAME, signature, inputs)
     assert outputs["top_ids"] == expected["top_ids"].tolist()
     np.testing.assert_array_equal(np.array(outputs["top_log_probs"], np.float32), expected["top_log_probs"])
     np.testing.assert_array_equal(np.array(outputs["state"], np.float32), expected["state"])
@@ -475,14 +463,14 @@ def test_a_float16_decode_step_state_is_grpc_only_as_in_tf_serving(caption_rest,
 
     assert response.status_code == 501, response.text
     assert "to type: half" in response.json()["error"]
-    over_grpc = grpc_predict(caption_stub, DECODE_STEP, inputs, MODEL_NAME)
+    over_grpc = grpc_predict(caption_stub, MODEL_NAME, DECODE_STEP, inputs)
     assert over_grpc["state"].dtype == np.float16
     # The twin's float32 state is the float16 state, widened: both transports step through equal numbers.
     twin = grpc_predict(
         caption_stub,
+        MODEL_NAME,
         contract.decode_step_rest.name,
         {**inputs, "state": inputs["state"].astype(np.float32)},
-        MODEL_NAME,
     )
     np.testing.assert_array_equal(twin["state"], over_grpc["state"].astype(np.float32))
 
@@ -494,7 +482,7 @@ def test_caption_metadata_signature_is_grpc_only_as_in_tf_serving(caption_rest, 
         400,
         {"error": "Failed to get input map for signature: metadata"},
     )
-    assert grpc_predict(caption_stub, METADATA, {}, MODEL_NAME)["vocabulary"].shape[0] > 5
+    assert grpc_predict(caption_stub, MODEL_NAME, METADATA, {})["vocabulary"].shape[0] > 5
 
 
 def test_caption_model_metadata_over_rest_lists_the_contract_signatures(caption_rest) -> None:
