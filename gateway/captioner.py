@@ -224,18 +224,8 @@ class Captioner:
         return self.backend.tokenize(request.prefix) if request.prefix.strip() else ()
 
     def _search(self, settings: SearchSettings | SamplingSettings, prefix: tuple[int, ...]) -> BeamSearch | Sampling:
-        contract = self.info.contract
         decoding = BeamSearch if isinstance(settings, SearchSettings) else Sampling
-        return decoding(
-            settings,
-            contract.start_id,
-            contract.end_id,
-            contract.sep_id,
-            contract.state_size,
-            contract.unk_id,
-            prefix=prefix,
-            pad_id=contract.pad_id,
-        )
+        return decoding.for_contract(settings, self.info.contract, prefix)
 
     def _blank_contexts_for(self, styles: set[str], deadline: float) -> int:
         """Encode the blank image in each style not seen yet, in one call; returns the calls made."""

@@ -42,6 +42,15 @@ def embedded_settings(model_base_path: Path, meme_store_dir: Path | None = None,
     return Settings(backend="embedded", model_name=MODEL_NAME, model_base_path=model_base_path, **stored, **overrides)
 
 
+def save_module(module: object, path: Path, *methods: str, **renamed: str) -> None:
+    """A SavedModel of `module` whose signatures call its `methods` (each signature named as its method)
+    and its `renamed` ones (signature name=method name)."""
+    import tensorflow as tf
+
+    names = {method: method for method in methods} | renamed
+    tf.saved_model.save(module, str(path), signatures={name: getattr(module, method) for name, method in names.items()})
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -119,6 +128,54 @@ def assert_signatures_follow_the_contract(loaded, contract) -> None:
         for tensor in spec.outputs:
             assert outputs[tensor.name].dtype == dtypes[tensor.dtype]
             assert outputs[tensor.name].shape.rank == len(tensor.shape)
+
+
+def assert_encode_and_decode_step_follow_the_contract(loaded, contract, images: list[bytes]):
+    """Two different photos give different contexts of the contract's shape, and `decode_step` answers each
+    beam's top k sorted, of its own image, without `<pad>` or `<start>`. Returns the contexts."""
+    import numpy as np
+    import tensorflow as tf
+
+    from gateway.backends.base import default_conditions, encode_inputs
+    from memefly.contract import DECODE_STEP, ENCODE
+
+    inputs = encode_inputs(contract.encode, images, default_conditions(len(images)))
+    context = loaded.signatures[ENCODE](**{name: tf.constant(value) for name, value in inputs.items()})["context"]
+    assert context.shape == (2, *contract.context_shape)
+    assert context.dtype == tf.float32
+    assert not np.allclose(context[0], context[1]), "different photos must give different contexts"
+
+    n, k = 5, 7
+    outputs = loaded.signatures[DECODE_STEP](
+        tokens=tf.fill([n], contract.start_id),
+        state=tf.zeros([n, contract.state_size], contract.state_dtype),
+        context=context,
+        context_index=tf.constant([0, 0, 1, 1, 1]),
+        k=tf.constant(k),
+    )
+    assert outputs["top_log_probs"].shape == outputs["top_ids"].shape == (n, k)
+    assert outputs["top_ids"].dtype == tf.int32
+    assert outputs["state"].shape == (n, contract.state_size)
+    log_probs = outputs["top_log_probs"].numpy()
+    assert np.all(np.diff(log_probs, axis=1) <= 0), "top-k comes sorted"
+    assert np.all(log_probs <= 0)
+    # Rows of the same image and state agree; rows of different images differ.
+    np.testing.assert_allclose(log_probs[0], log_probs[1], rtol=1e-5)
+    assert not np.allclose(log_probs[0], log_probs[2])
+    assert {contract.pad_id, contract.start_id}.isdisjoint(outputs["top_ids"].numpy().ravel().tolist())
+    return context
+
+
+def assert_scores_as_in_process(backend, model_base_path: Path) -> None:
+    """`backend.score` gives the in-process model's log-probabilities (two photos, two captions)."""
+    import pytest
+
+    from gateway.backends.embedded import EmbeddedBackend
+
+    embedded = EmbeddedBackend(model_base_path, MODEL_NAME)
+    context = embedded.encode([photo_jpeg("coffee"), photo_jpeg("rocket")])
+    texts = ["when you see it", "one does not simply\nwalk into mordor"]
+    assert backend.score(context, texts) == pytest.approx(embedded.score(context, texts), abs=1e-4)
 
 
 def assert_score_equals_summed_decode_step_log_probs(loaded, contract, context, text: str) -> None:

@@ -65,16 +65,7 @@ class Model:
 
     def _search(self, context: np.ndarray, prefix: str, settings: SearchSettings) -> list[Hypothesis]:
         contract = self.contract
-        search = BeamSearch(
-            settings,
-            contract.start_id,
-            contract.end_id,
-            contract.sep_id,
-            contract.state_size,
-            contract.unk_id,
-            prefix=self.tokenize(prefix) if prefix.strip() else (),
-            pad_id=contract.pad_id,
-        )
+        search = BeamSearch.for_contract(settings, contract, self.tokenize(prefix) if prefix.strip() else ())
         while True:
             step = self.call(
                 DECODE_STEP,

@@ -27,7 +27,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving.grpc_server import to_tensor_proto
-from tests.support import free_port, predict_request, serving_process
+from tests.support import free_port, predict_request, save_module, serving_process
 
 MODEL = "captioner"
 STARTUP_SECONDS = 60
@@ -66,9 +66,7 @@ class Captioner(tf.Module):
 
 
 def export(version: int, path: Path) -> None:
-    module = Captioner(version)
-    signatures = {"serving_default": module.score, "double": module.double, "labels": module.labels}
-    tf.saved_model.save(module, str(path), signatures=signatures)
+    save_module(Captioner(version), path, "double", "labels", serving_default="score")
 
 
 @dataclass

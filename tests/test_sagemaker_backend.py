@@ -30,7 +30,7 @@ from gateway.backends import ModelUnavailableError
 from gateway.backends.sagemaker import SageMakerBackend, SageMakerGenerateBackend
 from gateway.search import SearchSettings
 from memefly.contract import DECODE_STEP_REST, METADATA_REST, METADATA_REST_SIGNATURE
-from tests.support import MODEL_NAME, free_port, photo_jpeg, serving_process
+from tests.support import MODEL_NAME, assert_scores_as_in_process, free_port, photo_jpeg, serving_process
 
 STARTUP_SECONDS = 90
 PLAIN = "plain"
@@ -159,14 +159,9 @@ def test_tokenize_over_sagemaker_gives_the_models_ids(endpoint_url: str) -> None
 
 
 def test_score_over_sagemaker_equals_the_in_process_score(endpoint_url: str, model_base_path: Path) -> None:
-    from gateway.backends.embedded import EmbeddedBackend
-
-    embedded = EmbeddedBackend(model_base_path, MODEL_NAME)
     model_backend = backend(endpoint_url, model_version=1)
     try:
-        context = embedded.encode([photo_jpeg("coffee"), photo_jpeg("rocket")])
-        texts = ["when you see it", "one does not simply\nwalk into mordor"]
-        assert model_backend.score(context, texts) == pytest.approx(embedded.score(context, texts), abs=1e-4)
+        assert_scores_as_in_process(model_backend, model_base_path)
     finally:
         model_backend.close()
 

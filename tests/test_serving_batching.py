@@ -21,7 +21,7 @@ from tensorflow_serving.apis import model_pb2, prediction_service_pb2_grpc
 from serving.batching_options import BatchingOptions
 from serving.errors import InvalidArgumentError
 from serving.tier import ServingTier, TierOptions
-from tests.support import free_port, grpc_predict, grpc_target, prediction_stub, running_tier
+from tests.support import free_port, grpc_predict, grpc_target, prediction_stub, running_tier, save_module
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAX_BATCH_SIZE = 16
@@ -59,14 +59,7 @@ class Batchable(tf.Module):
 
 
 def export(path: Path) -> None:
-    module = Batchable()
-    signatures = {
-        "encode": module.encode,
-        "decode_step": module.decode_step,
-        "metadata": module.metadata,
-        "summary": module.summary,
-    }
-    tf.saved_model.save(module, str(path), signatures=signatures)
+    save_module(Batchable(), path, "encode", "decode_step", "metadata", "summary")
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +163,10 @@ def test_scalar_outputs_fail_a_batch_with_failed_precondition(stub) -> None:
 
 
 @pytest.fixture(scope="module")
-def per_model_tier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingTier]:
+def per_model_stub(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[prediction_service_pb2_grpc.PredictionServiceStub]:
+    """A stub of a tier where only the encoder ships its own batching parameters."""
     root = tmp_path_factory.mktemp("per-model")
     export(root / "encoder" / "1")
     export(root / "captioner" / "1")
@@ -193,13 +189,7 @@ def per_model_tier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving
         enable_batching=True,
         enable_per_model_batching_parameters=True,
     )
-    with running_tier(options) as tier:
-        yield tier
-
-
-@pytest.fixture(scope="module")
-def per_model_stub(per_model_tier: ServingTier) -> Iterator[prediction_service_pb2_grpc.PredictionServiceStub]:
-    with prediction_stub(grpc_target(per_model_tier)) as stub:
+    with running_tier(options) as tier, prediction_stub(grpc_target(tier)) as stub:
         yield stub
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -151,28 +152,15 @@ def stand_in_argv(model_base_path: Path, tmp_path: Path, grpc_port: int) -> list
 @pytest.fixture
 def tier_from(model_base_path: Path, tmp_path: Path) -> Iterator:
     """Starts the stand-in in-process with the compose command, minus the given flags; stops it afterwards."""
-    from serving.__main__ import parse_args
-    from serving.tier import ServingTier, TierOptions
+    from serving.__main__ import parse_args, tier_options
+    from serving.tier import ServingTier
 
     tiers = []
 
     def start(without: tuple[str, ...] = ()) -> tuple[ServingTier, bool, str]:
         port = free_port()
         argv = [a for a in stand_in_argv(model_base_path, tmp_path, port) if a.split("=")[0][2:] not in without]
-        args = parse_args(argv)
-        tier = ServingTier(
-            TierOptions(
-                grpc_port=args.port,
-                rest_api_port=args.rest_api_port,
-                model_config_file=args.model_config_file,
-                model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
-                enable_batching=args.enable_batching,
-                batching_parameters_file=args.batching_parameters_file,
-                enable_per_model_batching_parameters=args.enable_per_model_batching_parameters,
-                enable_model_warmup=args.enable_model_warmup,
-                file_system_poll_wait_seconds=0,
-            )
-        )
+        tier = ServingTier(replace(tier_options(parse_args(argv)), file_system_poll_wait_seconds=0))
         tiers.append(tier)
         return tier, tier.start(), f"127.0.0.1:{port}"
 

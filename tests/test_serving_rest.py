@@ -30,6 +30,7 @@ from tests.support import (
     prediction_stub,
     rest_client,
     running_tier,
+    save_module,
 )
 
 MODEL = "scorer"
@@ -72,15 +73,7 @@ class Scorer(tf.Module):
 
 
 def export_scorer(path: Path) -> None:
-    module = Scorer()
-    signatures = {
-        "serving_default": module.score,
-        "half_plus_three": module.half_plus_three,
-        "double": module.double,
-        "summary": module.summary,
-        "labels": module.labels,
-    }
-    tf.saved_model.save(module, str(path), signatures=signatures)
+    save_module(Scorer(), path, "half_plus_three", "double", "summary", "labels", serving_default="score")
 
 
 def tier_options(name: str, base_path: Path) -> TierOptions:
