@@ -228,7 +228,7 @@ def with_output_filter(name: str) -> predict_pb2.PredictRequest:
 
 CLIENT_MISTAKES = {
     "unknown-model": (
-        lambda p: p.Predict(predict_request(MODEL, "nope"), timeout=10),
+        lambda p: p.Predict(predict_request("nope"), timeout=10),
         grpc.StatusCode.NOT_FOUND,
         "Servable not found for request: Latest(nope)",
     ),
