@@ -57,7 +57,7 @@ OFFLINE_ENCODE_CHUNK = 32
 class MemeOutcome:
     caption: str
     """The best caption, boxes joined by " / " ("" if the search found none)."""
-    rpcs: int
+    model_calls: int
     """Model calls this meme took part in."""
 
 
@@ -357,7 +357,7 @@ class StepLoopMode:
     def meme(self, image: bytes) -> MemeOutcome:
         deadline = time.monotonic() + PRODUCT_SETTINGS.request_timeout_seconds
         result = self.memes.caption(image, self.options, deadline)
-        return MemeOutcome(result.captions[0].text if result.captions else "", result.rpcs)
+        return MemeOutcome(result.captions[0].text if result.captions else "", result.model_calls)
 
     def close(self) -> None:
         self.session.close()

@@ -65,7 +65,7 @@ def measured_row(
         "model_calls": ledger.total_calls,
         "rpcs_per_meme": ledger.total_calls / per_meme,
         "calls_per_meme_by_signature": {name: count / per_meme for name, count in sorted(ledger.calls.items())},
-        "calls_a_meme_took_part_in": float(np.mean([o.rpcs for _, o in measurement.outcomes]))
+        "calls_a_meme_took_part_in": float(np.mean([o.model_calls for _, o in measurement.outcomes]))
         if measurement.outcomes
         else None,
         "bytes_kind": bytes_kind,

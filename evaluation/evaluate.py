@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from export.bundle import assemble, load_train_config
 from export.data import Caption
-from export.model import ModelConfig
+from export.model import CaptionModelConfig
 from export.tokenizer import caption_text
 from export.train import training_split
 from gateway.backends.embedded import EmbeddedBackend
@@ -99,7 +99,7 @@ def evaluate(
     bundle_dir: Path, data_folder: Path, settings: EvaluationSettings | None = None, contact_sheet: Path | None = None
 ) -> dict:
     settings = settings or EvaluationSettings()
-    model_config = ModelConfig.from_file(bundle_dir / "config.json")
+    model_config = CaptionModelConfig.from_file(bundle_dir / "config.json")
     train_config = load_train_config(bundle_dir)
     templates, train_captions, validation_captions = training_split(data_folder, model_config, train_config)
     rng = np.random.default_rng(settings.seed)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from export.conditioning import ConditioningData
-from export.model import ModelConfig, build_decoder, build_encoder
+from export.model import CaptionModelConfig, build_decoder, build_encoder
 from export.saved_model import CaptionModule, caption_module, export_saved_model
 from export.tokenizer import Tokenizer, write_vocabulary
 from export.train import TrainConfig, TrainResult
@@ -63,7 +63,7 @@ def plot_history(history: dict[str, list[float]], path: Path) -> None:
 def load_bundle(bundle_dir: Path) -> CaptionModule:
     if not (bundle_dir / CONFIG).is_file():
         raise FileNotFoundError(f"no model bundle at {bundle_dir} ({CONFIG} missing); train one with `make train`")
-    model_config = ModelConfig.from_file(bundle_dir / CONFIG)
+    model_config = CaptionModelConfig.from_file(bundle_dir / CONFIG)
     vocabulary_file = bundle_dir / VOCABULARY
     vocabulary = [line for line in vocabulary_file.read_text(encoding="utf-8").splitlines() if line]
     vocab_size = len(vocabulary)

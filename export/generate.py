@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from memefly.contract import BOX_SEPARATOR_TEXT, GENERATE_MAX_BEAM_WIDTH, SPECIAL_TOKENS
+from memefly.contract import BOX_SEPARATOR_TEXT, GENERATE_MAX_BEAM_WIDTH, ModelContract
 from memefly.text import NO_SPACE_AFTER, NO_SPACE_BEFORE
 
 StepFunction = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor, tf.Tensor]]
@@ -348,16 +348,16 @@ def _char_class(chars: set[str]) -> str:
     return "[" + "".join(re.escape(c) for c in sorted(chars)) + "]"
 
 
-def caption_text(ids: tf.Tensor, lengths: tf.Tensor, vocabulary: tf.Tensor) -> tf.Tensor:
+def ids_to_text(ids: tf.Tensor, lengths: tf.Tensor, vocabulary: tf.Tensor, contract: ModelContract) -> tf.Tensor:
     """ids [M, L] and lengths [M] → caption text [M], one line a box, as memefly/text.py writes it.
 
     Up to the first `<end>`, `<sep>` starts a box, other special tokens are dropped, empty boxes
     vanish, and words are joined with spaces except around punctuation (`join_tokens`).
     """
     valid = tf.range(tf.shape(ids)[1])[None, :] < lengths[:, None]
-    valid &= tf.cumsum(tf.cast(valid & tf.equal(ids, SPECIAL_TOKENS.index("<end>")), tf.int32), axis=1) == 0
-    is_word = valid & (ids >= len(SPECIAL_TOKENS))
-    box = tf.cumsum(tf.cast(valid & tf.equal(ids, SPECIAL_TOKENS.index("<sep>")), tf.int32), axis=1)
+    valid &= tf.cumsum(tf.cast(valid & tf.equal(ids, contract.end_id), tf.int32), axis=1) == 0
+    is_word = valid & (ids >= len(contract.special_tokens))
+    box = tf.cumsum(tf.cast(valid & tf.equal(ids, contract.sep_id), tf.int32), axis=1)
     words = tf.ragged.boolean_mask(tf.gather(vocabulary, ids), is_word)
     boxes = tf.ragged.boolean_mask(box, is_word).flat_values
     flat_words = words.flat_values

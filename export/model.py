@@ -1,6 +1,6 @@
 """The caption model: a frozen image encoder and a decoder that predicts the next word.
 
-`ModelConfig` names every setting; `build_encoder` and `build_decoder` turn it into Keras pieces that
+`CaptionModelConfig` names every setting; `build_encoder` and `build_decoder` turn it into Keras pieces that
 training fits and `export/saved_model.py` wraps in the contract's signatures.
 
 Two decoders share one interface, so the export and the gateway never ask which one they have:
@@ -23,12 +23,14 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import keras
 import tensorflow as tf
+from keras.src.utils import file_utils
 
 from export.efficientnet_lite import (
     IMAGE_SIZE,
@@ -45,7 +47,7 @@ DECODERS = ("gru", "transformer")
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class CaptionModelConfig:
     model_name: str = "memefly"
     encoder: str = "efficientnet_lite0"
     """efficientnet_lite0, tiny_cnn (tests), or a keras.applications model whose weights are cached."""
@@ -78,7 +80,7 @@ class ModelConfig:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_file(cls, path: Path) -> ModelConfig:
+    def from_file(cls, path: Path) -> CaptionModelConfig:
         return cls(**json.loads(path.read_text()))
 
 
@@ -162,33 +164,24 @@ def _positions(feature_map: keras.Model) -> keras.Model:
 # keras.applications backbones, used only from the local Keras cache
 # --------------------------------------------------------------------------------------------------
 
-_KERAS_APPLICATIONS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
-_EFFICIENTNET_URL = "https://storage.googleapis.com/keras-applications/"
-
 
 @dataclass(frozen=True)
 class KerasApplication:
-    """A keras.applications model: its default input size and its ImageNet weights without the classifier."""
+    """A keras.applications model and its default input size; Keras itself names its ImageNet weights."""
 
     constructor: str
     """The function's name in `keras.applications`, e.g. InceptionV3."""
     image_size: int
-    weights_file: str
-    """The file name Keras caches the weights under, in $KERAS_HOME/models (default ~/.keras/models)."""
-    weights_url: str
 
-    def build(self, feature_map: bool, weights_path: Path | None) -> keras.Model:
-        """The backbone without its classifier: pooled [B, C], or the final map [B, H, W, C]."""
-        model = getattr(keras.applications, self.constructor)(
-            include_top=False,
-            weights=None,
-            input_shape=(self.image_size, self.image_size, 3),
-            pooling=None if feature_map else "avg",
-        )
-        if weights_path is not None:
-            # Loaded here rather than by weights="imagenet", which would try to download a missing file.
-            model.load_weights(str(weights_path))
-        return model
+    def build(self, feature_map: bool, weights_for: str | None = None) -> keras.Model:
+        """The backbone without its classifier: pooled [B, C], or the final map [B, H, W, C]. With
+        `weights_for` (the encoder's name, for messages), its ImageNet weights from the Keras cache."""
+        make = getattr(keras.applications, self.constructor)
+        shape = {"input_shape": (self.image_size, self.image_size, 3), "pooling": None if feature_map else "avg"}
+        if weights_for is None:
+            return make(include_top=False, weights=None, **shape)
+        with _keras_cache_only(weights_for, self.constructor):
+            return make(include_top=False, weights="imagenet", **shape)
 
     def preprocess(self) -> Callable[[tf.Tensor], tf.Tensor]:
         """[B] encoded images → the application's input: its size, then its own `preprocess_input`."""
@@ -209,66 +202,35 @@ class KerasApplication:
         return preprocess
 
 
-def _application(
-    constructor: str, image_size: int, url_folder: str, weights_file: str, url_file: str = ""
-) -> tuple[str, KerasApplication]:
-    return constructor, KerasApplication(
-        constructor, image_size, weights_file, _KERAS_APPLICATIONS_URL + url_folder + (url_file or weights_file)
-    )
-
-
-_TF_KERNELS_NOTOP = "_weights_tf_dim_ordering_tf_kernels_notop.h5"
-
-# File names and input sizes as keras.applications (Keras 3.15) asks for them with include_top=False.
-KERAS_APPLICATIONS: dict[str, KerasApplication] = dict(
-    [
+# Input sizes as keras.applications (Keras 3.15) builds them by default; the weight files are Keras' own.
+KERAS_APPLICATIONS: dict[str, KerasApplication] = {
+    app.constructor: app
+    for app in (
+        *(KerasApplication(f"ConvNeXt{size}", 224) for size in ("Tiny", "Small", "Base", "Large", "XLarge")),
+        *(KerasApplication(f"DenseNet{depth}", 224) for depth in (121, 169, 201)),
         *(
-            _application(f"ConvNeXt{size}", 224, "convnext/", f"convnext_{size.lower()}_notop.h5")
-            for size in ("Tiny", "Small", "Base", "Large", "XLarge")
-        ),
-        *(
-            _application(f"DenseNet{depth}", 224, "densenet/", f"densenet{depth}{_TF_KERNELS_NOTOP}")
-            for depth in (121, 169, 201)
-        ),
-        *(
-            (
-                f"EfficientNetB{i}",
-                KerasApplication(
-                    f"EfficientNetB{i}",
-                    size,
-                    f"efficientnetb{i}_notop.h5",
-                    f"{_EFFICIENTNET_URL}efficientnetb{i}_notop.h5",
-                ),
-            )
+            KerasApplication(f"EfficientNetB{i}", size)
             for i, size in enumerate((224, 240, 260, 300, 380, 456, 528, 600))
         ),
         *(
-            _application(f"EfficientNetV2{v}", size, "efficientnet_v2/", f"efficientnetv2-{v.lower()}_notop.h5")
+            KerasApplication(f"EfficientNetV2{v}", size)
             for v, size in (("B0", 224), ("B1", 240), ("B2", 260), ("B3", 300), ("S", 384), ("M", 480), ("L", 480))
         ),
-        _application("InceptionResNetV2", 299, "inception_resnet_v2/", f"inception_resnet_v2{_TF_KERNELS_NOTOP}"),
-        _application("InceptionV3", 299, "inception_v3/", f"inception_v3{_TF_KERNELS_NOTOP}"),
-        _application("MobileNet", 224, "mobilenet/", "mobilenet_1_0_224_tf_no_top.h5"),
-        _application(
-            "MobileNetV2", 224, "mobilenet_v2/", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
-        ),
-        _application("MobileNetV3Large", 224, "mobilenet_v3/", "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5"),
-        _application("MobileNetV3Small", 224, "mobilenet_v3/", "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"),
-        _application("NASNetLarge", 331, "nasnet/", "nasnet_large_no_top.h5", "NASNet-large-no-top.h5"),
-        _application("NASNetMobile", 224, "nasnet/", "nasnet_mobile_no_top.h5", "NASNet-mobile-no-top.h5"),
-        *(
-            _application(f"ResNet{depth}", 224, "resnet/", f"resnet{depth}{_TF_KERNELS_NOTOP}")
-            for depth in (50, 101, 152)
-        ),
-        *(
-            _application(f"ResNet{depth}V2", 224, "resnet/", f"resnet{depth}v2{_TF_KERNELS_NOTOP}")
-            for depth in (50, 101, 152)
-        ),
-        _application("VGG16", 224, "vgg16/", f"vgg16{_TF_KERNELS_NOTOP}"),
-        _application("VGG19", 224, "vgg19/", f"vgg19{_TF_KERNELS_NOTOP}"),
-        _application("Xception", 299, "xception/", f"xception{_TF_KERNELS_NOTOP}"),
-    ]
-)
+        KerasApplication("InceptionResNetV2", 299),
+        KerasApplication("InceptionV3", 299),
+        KerasApplication("MobileNet", 224),
+        KerasApplication("MobileNetV2", 224),
+        KerasApplication("MobileNetV3Large", 224),
+        KerasApplication("MobileNetV3Small", 224),
+        KerasApplication("NASNetLarge", 331),
+        KerasApplication("NASNetMobile", 224),
+        *(KerasApplication(f"ResNet{depth}", 224) for depth in (50, 101, 152)),
+        *(KerasApplication(f"ResNet{depth}V2", 224) for depth in (50, 101, 152)),
+        KerasApplication("VGG16", 224),
+        KerasApplication("VGG19", 224),
+        KerasApplication("Xception", 299),
+    )
+}
 
 
 def _name_key(name: str) -> str:
@@ -290,20 +252,33 @@ class MissingWeightsError(FileNotFoundError):
     pass
 
 
-def cached_weights(app: KerasApplication, encoder: str) -> Path:
-    """The cached ImageNet weights of `app`; this machine never downloads them."""
-    path = keras_cache_dir() / app.weights_file
-    if not path.is_file():
-        raise MissingWeightsError(
-            f"encoder {encoder!r} needs the ImageNet weights of keras.applications.{app.constructor}, and {path} "
-            f"is missing. They are never downloaded here: on a machine with internet access, download "
-            f"{app.weights_url} and copy it into {path.parent}/ (the Keras cache: $KERAS_HOME/models, by default "
-            f"~/.keras/models)."
-        )
-    return path
+@contextmanager
+def _keras_cache_only(encoder: str, constructor: str) -> Iterator[None]:
+    """While a keras.applications model is built with weights="imagenet", its `get_file(name, url, ...)`
+    call answers from the Keras cache and never downloads: a missing file is a `MissingWeightsError`
+    naming the file and URL Keras asked for. (Keras' own `get_file` would download it, or a file whose
+    hash differs.) Export builds one model at a time, so swapping the function is safe here."""
+
+    def from_cache(fname: str, origin: str, *args: object, **kwargs: object) -> str:
+        path = keras_cache_dir() / fname
+        if not path.is_file():
+            raise MissingWeightsError(
+                f"encoder {encoder!r} needs the ImageNet weights of keras.applications.{constructor}, and {path} "
+                f"is missing. They are never downloaded here: on a machine with internet access, download "
+                f"{origin} and copy it into {path.parent}/ (the Keras cache: $KERAS_HOME/models, by default "
+                f"~/.keras/models)."
+            )
+        return str(path)
+
+    keras_get_file = file_utils.get_file
+    file_utils.get_file = from_cache
+    try:
+        yield
+    finally:
+        file_utils.get_file = keras_get_file
 
 
-def build_encoder(config: ModelConfig, pretrained: bool = True) -> ImageEncoder:
+def build_encoder(config: CaptionModelConfig, pretrained: bool = True) -> ImageEncoder:
     """The frozen encoder `config` names: pooled features for the GRU, the feature map for the transformer.
 
     `pretrained=False` builds the same structure with random weights (structure checks; no weights read).
@@ -327,7 +302,7 @@ def build_encoder(config: ModelConfig, pretrained: bool = True) -> ImageEncoder:
         )
         classifier.build((None, int(backbone.output_shape[-1])))
     elif (app := keras_application(config.encoder)) is not None:
-        backbone = app.build(feature_map, cached_weights(app, config.encoder) if pretrained else None)
+        backbone = app.build(feature_map, config.encoder if pretrained else None)
         encoder_args = (app.image_size, app.preprocess())
     else:
         raise ValueError(
@@ -354,7 +329,7 @@ class GruDecoder(keras.Model):
     """The GRU state crosses the wire twice a step; float16 halves that, at a rounding far below the
     model's own noise."""
 
-    def __init__(self, config: ModelConfig, vocab_size: int, num_styles: int = 0, **kwargs) -> None:
+    def __init__(self, config: CaptionModelConfig, vocab_size: int, num_styles: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
         self.state_size = config.state_size
         self.conditioned = config.conditioned
@@ -423,20 +398,20 @@ class GruDecoder(keras.Model):
         return self.logits(output), output
 
 
-def _feed_forward(config: ModelConfig, name: str) -> keras.Sequential:
+def _feed_forward(config: CaptionModelConfig, name: str) -> keras.Sequential:
     return keras.Sequential(
         [keras.layers.Dense(config.ff_dim, activation="relu"), keras.layers.Dense(config.d_model)], name=name
     )
 
 
-def _attention(config: ModelConfig, name: str) -> keras.layers.MultiHeadAttention:
+def _attention(config: CaptionModelConfig, name: str) -> keras.layers.MultiHeadAttention:
     return keras.layers.MultiHeadAttention(config.num_heads, key_dim=config.d_model // config.num_heads, name=name)
 
 
 class TransformerEncoderBlock(keras.layers.Layer):
     """Self-attention over the image positions, then a feed-forward layer; post-norm residuals."""
 
-    def __init__(self, config: ModelConfig, **kwargs) -> None:
+    def __init__(self, config: CaptionModelConfig, **kwargs) -> None:
         super().__init__(**kwargs)
         self.attention = _attention(config, "self_attention")
         self.feed_forward = _feed_forward(config, "feed_forward")
@@ -453,7 +428,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
 class TransformerDecoderBlock(keras.layers.Layer):
     """Causal self-attention over the words so far, cross-attention over the image, feed-forward."""
 
-    def __init__(self, config: ModelConfig, **kwargs) -> None:
+    def __init__(self, config: CaptionModelConfig, **kwargs) -> None:
         super().__init__(**kwargs)
         self.self_attention = _attention(config, "self_attention")
         self.cross_attention = _attention(config, "cross_attention")
@@ -488,7 +463,7 @@ class TransformerDecoder(keras.Model):
     """Its state holds token ids, which float16 holds exactly only up to 2048."""
 
     def __init__(
-        self, config: ModelConfig, vocab_size: int, feature_shape: tuple[int, ...], num_styles: int = 0, **kwargs
+        self, config: CaptionModelConfig, vocab_size: int, feature_shape: tuple[int, ...], num_styles: int = 0, **kwargs
     ) -> None:
         super().__init__(**kwargs)
         if config.d_model % config.num_heads:
@@ -581,12 +556,14 @@ class TransformerDecoder(keras.Model):
 Decoder = GruDecoder | TransformerDecoder
 
 
-def _check_decoder(config: ModelConfig) -> None:
+def _check_decoder(config: CaptionModelConfig) -> None:
     if config.decoder not in DECODERS:
         raise ValueError(f"unknown decoder {config.decoder!r}; choose {' or '.join(DECODERS)}")
 
 
-def build_decoder(config: ModelConfig, vocab_size: int, context_shape: tuple[int, ...], num_styles: int = 0) -> Decoder:
+def build_decoder(
+    config: CaptionModelConfig, vocab_size: int, context_shape: tuple[int, ...], num_styles: int = 0
+) -> Decoder:
     """The decoder `config` names, built for features of `context_shape` (the image encoder's output)."""
     _check_decoder(config)
     conditions = (tf.zeros((1, 2), tf.int32), tf.zeros((1,), tf.int32)) if config.conditioned else ()

@@ -14,8 +14,8 @@ from pathlib import Path
 import tensorflow as tf
 
 from export.conditioning import CONCEPTS_PER_IMAGE, Conditioner, ConditioningData
-from export.generate import SearchInputs, SpecialIds, beam_search, caption_text, check_search_settings
-from export.model import Decoder, ImageEncoder, ModelConfig
+from export.generate import SearchInputs, SpecialIds, beam_search, check_search_settings, ids_to_text
+from export.model import CaptionModelConfig, Decoder, ImageEncoder
 from export.tokenizer import Tokenizer
 from export.warmup import write_warmup_requests
 from memefly.contract import (
@@ -30,6 +30,7 @@ from memefly.contract import (
     SignatureSpec,
     signatures,
 )
+from memefly.paths import model_versions
 
 _DTYPES = {"string": tf.string, "int32": tf.int32, "float32": tf.float32, "float16": tf.float16}
 
@@ -183,10 +184,11 @@ class CaptionModule(tf.Module):
                 for name, value in found.items()
             }
         shape = tf.shape(found["lengths"])
-        text = caption_text(
+        text = ids_to_text(
             tf.reshape(found["ids"], [shape[0] * shape[1], -1]),
             tf.reshape(found["lengths"], [-1]),
             self.tokenizer.vocabulary(),
+            contract,
         )
         return {**found, "text": tf.reshape(text, shape)}
 
@@ -216,7 +218,7 @@ class CaptionModule(tf.Module):
 
 
 def caption_module(
-    model_config: ModelConfig,
+    model_config: CaptionModelConfig,
     encoder: ImageEncoder,
     decoder: Decoder,
     tokenizer: Tokenizer,
@@ -245,8 +247,7 @@ def caption_module(
 
 
 def next_version(model_dir: Path) -> int:
-    versions = [int(p.name) for p in model_dir.glob("*") if p.name.isdigit()]
-    return max(versions, default=0) + 1
+    return max(model_versions(model_dir, loadable_only=False), default=0) + 1
 
 
 def export_saved_model(module: CaptionModule, model_dir: Path, version: int | None = None) -> Path:

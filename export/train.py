@@ -29,7 +29,7 @@ from export.conditioning import (
     topic_candidates,
 )
 from export.data import Caption, MemeTemplate, iter_captions, load_templates, split_by_template
-from export.model import ModelConfig, build_decoder, build_encoder
+from export.model import CaptionModelConfig, build_decoder, build_encoder
 from export.saved_model import CaptionModule, caption_module, export_saved_model
 from export.tokenizer import Tokenizer, build_vocabulary, caption_text, write_vocabulary
 from memefly.contract import END, SPECIAL_TOKENS, START, ModelContract
@@ -50,10 +50,10 @@ class TrainConfig:
     verbose: int = 2
 
 
-PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
+PRESETS: dict[str, tuple[CaptionModelConfig, TrainConfig]] = {
     # Seconds on a 2-core CPU: for tests.
     "tiny": (
-        ModelConfig(
+        CaptionModelConfig(
             encoder="tiny_cnn",
             vocab_size=400,
             min_count=2,
@@ -67,12 +67,12 @@ PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
     ),
     # A couple of minutes: the end-to-end slice's default model until the full model is trained.
     "slice": (
-        ModelConfig(encoder="efficientnet_lite0", vocab_size=4000, max_length=24, conditioned=True),
+        CaptionModelConfig(encoder="efficientnet_lite0", vocab_size=4000, max_length=24, conditioned=True),
         TrainConfig(epochs=6, max_captions_per_template=250),
     ),
     # The bundled default (`make train`): under 45 minutes on a 2-core CPU.
     "full": (
-        ModelConfig(
+        CaptionModelConfig(
             encoder="efficientnet_lite0",
             vocab_size=6000,
             max_length=24,
@@ -84,7 +84,7 @@ PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
     ),
     # Seconds: the transformer decoder over the tiny CNN's [7, 7, 32] map, for tests.
     "tiny-transformer": (
-        ModelConfig(
+        CaptionModelConfig(
             encoder="tiny_cnn",
             decoder="transformer",
             vocab_size=400,
@@ -101,7 +101,7 @@ PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
     ),
     # The full preset's transformer counterpart: EfficientNet-Lite0's [7, 7, 1280] map, a [49, 128] context.
     "transformer": (
-        ModelConfig(
+        CaptionModelConfig(
             encoder="efficientnet_lite0",
             decoder="transformer",
             vocab_size=6000,
@@ -124,7 +124,7 @@ class TrainResult:
     contract: ModelContract
     history: dict[str, list[float]]
     vocabulary: list[str]
-    model_config: ModelConfig
+    model_config: CaptionModelConfig
     train_config: TrainConfig
     conditioning: ConditioningData | None = None
 
@@ -280,7 +280,7 @@ def _pooled(features: np.ndarray) -> np.ndarray:
 
 
 def training_split(
-    data_folder: Path, model_config: ModelConfig, train_config: TrainConfig
+    data_folder: Path, model_config: CaptionModelConfig, train_config: TrainConfig
 ) -> tuple[list[MemeTemplate], list[Caption], list[Caption]]:
     """The templates, training captions and validation captions a training run uses."""
     templates, captions = select_captions(list(iter_captions(data_folder)), load_templates(data_folder), train_config)
@@ -290,7 +290,9 @@ def training_split(
     return templates, train_captions, validation_captions
 
 
-def train(model_config: ModelConfig, train_config: TrainConfig, data_folder: Path, work_dir: Path) -> TrainResult:
+def train(
+    model_config: CaptionModelConfig, train_config: TrainConfig, data_folder: Path, work_dir: Path
+) -> TrainResult:
     keras.utils.set_random_seed(model_config.seed)
     templates, train_captions, validation_captions = training_split(data_folder, model_config, train_config)
     vocabulary = build_vocabulary(

@@ -21,6 +21,7 @@ from gateway.limits import BodySizeLimitMiddleware, max_body_bytes
 from gateway.logs import RequestIdMiddleware, configure_logging
 from gateway.meme_service import MemeService
 from gateway.metrics import Metrics, MetricsMiddleware
+from gateway.scheduler import SchedulerSettings
 from gateway.security import install_cors
 from gateway.settings import Settings
 from gateway.storage import LocalMemeStore, MemeStore, S3MemeStore
@@ -76,12 +77,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         session = ModelSession(
             make_backend(settings),
-            settings.max_batch_beams,
-            settings.batch_wait_ms / 1000,
-            on_decode_batch=metrics.decode_batch.observe,
+            SchedulerSettings(
+                max_batch_beams=settings.max_batch_beams,
+                batch_wait_seconds=settings.batch_wait_ms / 1000,
+                on_decode_batch=metrics.decode_batch.observe,
+                encode_workers=settings.encode_calls_in_flight,
+            ),
             version_check_seconds=settings.version_check_seconds,
             on_version_switch=_log_version_switch,
-            encode_workers=settings.encode_calls_in_flight,
         )
         try:
             session.captioner()

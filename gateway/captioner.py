@@ -19,7 +19,7 @@ import numpy as np
 from gateway.backends import Condition, ModelBackend, ModelInfo, ModelVersionGoneError
 from gateway.backends.base import GenerateBackend
 from gateway.rerank import blank_image_jpeg, most_specific, specificity
-from gateway.scheduler import BatchScheduler
+from gateway.scheduler import BatchScheduler, SchedulerSettings
 from gateway.search import BeamSearch, Hypothesis, Sampling, SamplingSettings, SearchSettings
 from gateway.template_picker import TemplatePicker
 from gateway.templates import Template
@@ -50,7 +50,8 @@ class CaptionResult:
     captions: list[Caption]
     model_name: str
     model_version: int
-    rpcs: int
+    model_calls: int
+    """Calls made to the model tier for this meme (the API's `rpcs`)."""
     concepts: tuple[tuple[str, float], ...] = ()
     """What the photo showed: concept words and their probabilities, most likely first."""
 
@@ -117,21 +118,21 @@ class Captioner:
         whole_search = isinstance(settings, SearchSettings) and not request.context_noise
         if whole_search and isinstance(self.backend, GenerateBackend):
             # One model call: the model tokenizes the prefix, encodes and searches in-graph (no noise possible).
-            return self._result(self.backend.generate(image_jpeg, settings, request.prefix), rpcs=1)
+            return self._result(self.backend.generate(image_jpeg, settings, request.prefix), model_calls=1)
         deadline = time.monotonic() + request.timeout_seconds
         prefix = self._prefix(request)
         context = _with_noise(self.scheduler.encode(image_jpeg, deadline), request)
-        rpcs = bool(request.prefix.strip()) + 1  # the `tokenize` call, if any, and `encode`
+        model_calls = bool(request.prefix.strip()) + 1  # the `tokenize` call, if any, and `encode`
         rerank = isinstance(settings, SamplingSettings) and settings.rerank > 1
         if rerank:
             wanted, settings = settings.n, replace(settings, n=settings.n * settings.rerank)
         search = self._search(settings, prefix)
-        rpcs += self.scheduler.decode(search, context, deadline, request.cancel)
-        result = self._result(search.results(), rpcs)
+        model_calls += self.scheduler.decode(search, context, deadline, request.cancel)
+        result = self._result(search.results(), model_calls)
         if not rerank:
             return result
         kept, calls = self._most_specific_rows([result.captions], context[None], ("",), wanted, deadline)
-        return replace(result, captions=kept[0], rpcs=result.rpcs + calls)
+        return replace(result, captions=kept[0], model_calls=result.model_calls + calls)
 
     def template_picker(self, templates: Sequence[Template]) -> TemplatePicker:
         """Text to template on this version (its styles), built once."""
@@ -169,12 +170,14 @@ class Captioner:
             settings = replace(settings, beam_width=width, n_best=1)
         whole_search = isinstance(settings, SearchSettings) and not request.context_noise
         if whole_search and isinstance(self.backend, GenerateBackend) and one_style_each and not request.topic:
-            found = self._result(self.backend.generate(image_jpeg, settings, request.prefix, captions=rows), rpcs=1)
+            found = self._result(
+                self.backend.generate(image_jpeg, settings, request.prefix, captions=rows), model_calls=1
+            )
             return replace(found, captions=_one_style_each_in_turn([[c] for c in found.captions]))
         prefix = self._prefix(request)
         encoding = self.scheduler.encode_rows([image_jpeg], conditions, deadline)
         contexts = _with_noise(encoding.contexts, request)
-        rpcs = bool(request.prefix.strip()) + 1  # the `tokenize` call, if any, and `encode`
+        model_calls = bool(request.prefix.strip()) + 1  # the `tokenize` call, if any, and `encode`
         rerank = isinstance(settings, SamplingSettings) and settings.rerank > 1
         per_row = 1
         if isinstance(settings, SamplingSettings):
@@ -190,7 +193,7 @@ class Captioner:
         else:
             row_settings = [settings] * rows
         searches = [self._search(row, prefix) for row in row_settings]
-        rpcs += self.scheduler.decode_all(searches, contexts, deadline, request.cancel)
+        model_calls += self.scheduler.decode_all(searches, contexts, deadline, request.cancel)
         per_row_captions = [
             [
                 replace(c, topic=encoding.topics[row], style=encoding.styles[row])
@@ -202,27 +205,17 @@ class Captioner:
             per_row_captions, calls = self._most_specific_rows(
                 per_row_captions, contexts, encoding.styles, per_row, deadline
             )
-            rpcs += calls
+            model_calls += calls
         merged = _one_style_each_in_turn(per_row_captions)
-        return CaptionResult(merged, self.info.name, self.info.version, rpcs, encoding.concepts[0])
+        return CaptionResult(merged, self.info.name, self.info.version, model_calls, encoding.concepts[0])
 
     def _prefix(self, request: CaptionRequest) -> tuple[int, ...]:
         """The model's tokens for the request's caption beginning (one `tokenize` call), or none."""
         return self.backend.tokenize(request.prefix) if request.prefix.strip() else ()
 
     def _search(self, settings: SearchSettings | SamplingSettings, prefix: tuple[int, ...]) -> BeamSearch | Sampling:
-        contract = self.info.contract
         decoding = BeamSearch if isinstance(settings, SearchSettings) else Sampling
-        return decoding(
-            settings,
-            contract.start_id,
-            contract.end_id,
-            contract.sep_id,
-            contract.state_size,
-            contract.unk_id,
-            prefix=prefix,
-            pad_id=contract.pad_id,
-        )
+        return decoding.for_contract(settings, self.info.contract, prefix)
 
     def _blank_contexts_for(self, styles: set[str], deadline: float) -> int:
         """Encode the blank image in each style not seen yet, in one call; returns the calls made."""
@@ -231,7 +224,7 @@ class Captioner:
             if not missing:
                 return 0
             conditions = [Condition(0, "", style, 0) for style in missing]
-            encoding = self.scheduler.encode_rows([blank_image_jpeg()], conditions, deadline, joins=False)
+            encoding = self.scheduler.encode_rows([blank_image_jpeg()], conditions, deadline, decode_follows=False)
             self._blank_contexts.update(zip(missing, encoding.contexts, strict=True))
             return 1
 
@@ -261,10 +254,10 @@ class Captioner:
             kept.append([replace(captions[i], specificity=float(own[i])) for i in most_specific(own, own_texts, n)])
         return kept, calls + 1
 
-    def _result(self, hypotheses: list[Hypothesis], rpcs: int) -> CaptionResult:
+    def _result(self, hypotheses: list[Hypothesis], model_calls: int) -> CaptionResult:
         vocabulary, contract = self.info.vocabulary, self.info.contract
         captions = [Caption(ids_to_boxes(h.ids, vocabulary, contract), h.score, h.log_prob) for h in hypotheses]
-        return CaptionResult([c for c in captions if c.boxes], self.info.name, self.info.version, rpcs)
+        return CaptionResult([c for c in captions if c.boxes], self.info.name, self.info.version, model_calls)
 
 
 def _with_noise(contexts: np.ndarray, request: CaptionRequest) -> np.ndarray:
@@ -314,18 +307,13 @@ class ModelSession:
     def __init__(
         self,
         backend: ModelBackend,
-        max_batch_beams: int = 256,
-        batch_wait_seconds: float = 0.002,
-        on_decode_batch: Callable[[int], None] | None = None,
+        scheduler: SchedulerSettings | None = None,
         version_check_seconds: float = 5.0,
         on_version_switch: Callable[[ModelInfo], None] | None = None,
-        encode_workers: int = 2,
     ) -> None:
         self.backend = backend
-        self.encode_workers = encode_workers
-        self.max_batch_beams = max_batch_beams
-        self.batch_wait_seconds = batch_wait_seconds
-        self.on_decode_batch = on_decode_batch
+        self.scheduler_settings = scheduler or SchedulerSettings()
+        """Each version's `BatchScheduler` batches by these."""
         self.version_check_seconds = version_check_seconds
         self.on_version_switch = on_version_switch
         self._captioner: Captioner | None = None
@@ -386,7 +374,7 @@ class ModelSession:
                 self._release(captioner)
             log.info(
                 "captioned",
-                extra={"version": result.model_version, "rpcs": result.rpcs, "captions": len(result.captions)},
+                extra={"version": result.model_version, "rpcs": result.model_calls, "captions": len(result.captions)},
             )
             return result
 
@@ -401,9 +389,7 @@ class ModelSession:
     def _switch(self) -> None:
         info = self.backend.load_metadata()
         pinned = self.backend.pinned(info.version)
-        scheduler = BatchScheduler(
-            pinned, self.max_batch_beams, self.batch_wait_seconds, self.on_decode_batch, self.encode_workers
-        )
+        scheduler = BatchScheduler(pinned, self.scheduler_settings)
         old, self._captioner = self._captioner, Captioner(pinned, info, scheduler)
         self._checked_at = time.monotonic()
         if old is not None:

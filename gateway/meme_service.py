@@ -223,7 +223,7 @@ class MemeService:
             raise ApiError(422, "invalid_image", str(error)) from error
         allowed = [c for c in result.captions if self.content_filter.allows(c.text)]
         self.metrics.memes.labels(self.session.backend.name).inc()
-        self.metrics.rpcs_per_meme.observe(result.rpcs)
+        self.metrics.model_calls_per_meme.observe(result.model_calls)
         return replace(result, captions=allowed[:wanted])
 
     @staticmethod

@@ -27,7 +27,7 @@ class Metrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self.memes = Counter("memefly_memes_generated", "Memes generated.", ["backend"], registry=self.registry)
-        self.rpcs_per_meme = Histogram(
+        self.model_calls_per_meme = Histogram(
             "memefly_model_rpcs_per_meme",
             "Model-tier calls one meme took part in.",
             registry=self.registry,

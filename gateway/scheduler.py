@@ -61,8 +61,9 @@ class _EncodeJob:
     images: list[bytes]
     conditions: list[Condition]
     deadline: float
-    joins: bool = True
-    counted: bool = False
+    decode_follows: bool = True
+    """A `decode` for this request follows at once, so the next tick may wait a moment for it."""
+    counted_as_joining: bool = False
     """Counted in `_joining` until its search joins (or its request gives up)."""
     future: Future = field(default_factory=Future)
 
@@ -79,22 +80,27 @@ class BatchStats:
         return self.decode_beams / self.decode_calls if self.decode_calls else 0.0
 
 
+@dataclass(frozen=True)
+class SchedulerSettings:
+    """How a `BatchScheduler` batches; a `ModelSession` gives the same to each version's scheduler."""
+
+    max_batch_beams: int = 256
+    """The most beams one `decode_step` call carries."""
+    batch_wait_seconds: float = 0.002
+    """How long a tick waits for requests whose image is encoded and whose search is about to join."""
+    on_decode_batch: Callable[[int], None] | None = None
+    """Called with the beams of each `decode_step` call (a metric)."""
+    encode_workers: int = 2
+    """`encode` calls in flight at once."""
+
+
 class BatchScheduler:
-    """Worker threads run every model call: one for `decode_step`, `encode_workers` for `encode`;
+    """Worker threads run every model call: one for `decode_step`, `settings.encode_workers` for `encode`;
     request threads only enqueue and wait."""
 
-    def __init__(
-        self,
-        backend: ModelBackend,
-        max_batch_beams: int = 256,
-        batch_wait_seconds: float = 0.002,
-        on_decode_batch: Callable[[int], None] | None = None,
-        encode_workers: int = 2,
-    ) -> None:
+    def __init__(self, backend: ModelBackend, settings: SchedulerSettings = SchedulerSettings()) -> None:
         self.backend = backend
-        self.max_batch_beams = max_batch_beams
-        self.batch_wait_seconds = batch_wait_seconds
-        self.on_decode_batch = on_decode_batch
+        self.settings = settings
         self.stats = BatchStats()
         self._jobs: list[_Job] = []
         self._encodes: list[_EncodeJob] = []
@@ -105,7 +111,7 @@ class BatchScheduler:
             threading.Thread(target=self._run, name="batch-scheduler-decode", daemon=True),
             *(
                 threading.Thread(target=self._run_encoder, name=f"batch-scheduler-encode-{n}", daemon=True)
-                for n in range(encode_workers)
+                for n in range(settings.encode_workers)
             ),
         ]
         for worker in self._workers:
@@ -113,18 +119,18 @@ class BatchScheduler:
 
     # Request side -----------------------------------------------------------------------------
 
-    def encode(self, image: bytes, deadline: float, joins: bool = True) -> np.ndarray:
+    def encode(self, image: bytes, deadline: float, decode_follows: bool = True) -> np.ndarray:
         """The context row for one image (the model's own topic and style); blocks until the merged
-        `encode` call returns. `joins`: a `decode` for this request follows at once, so the next tick
-        may wait a moment for it."""
-        return self.encode_rows([image], [Condition(0)], deadline, joins).contexts[0]
+        `encode` call returns. `decode_follows`: a `decode` for this request follows at once, so the next
+        tick may wait a moment for it."""
+        return self.encode_rows([image], [Condition(0)], deadline, decode_follows).contexts[0]
 
     def encode_rows(
-        self, images: list[bytes], conditions: list[Condition], deadline: float, joins: bool = True
+        self, images: list[bytes], conditions: list[Condition], deadline: float, decode_follows: bool = True
     ) -> Encoding:
         """A context for each row of `conditions` (indices into `images`), merged into one `encode` call
         with the other requests' images."""
-        job = _EncodeJob(list(images), list(conditions), deadline, joins=joins)
+        job = _EncodeJob(list(images), list(conditions), deadline, decode_follows=decode_follows)
         with self._wake:
             self._check_open()
             self._encodes.append(job)
@@ -133,9 +139,9 @@ class BatchScheduler:
             return self._wait(job.future, deadline)
         except BaseException:
             with self._wake:
-                if job.counted:
+                if job.counted_as_joining:
                     self._joining = max(0, self._joining - 1)
-                    job.counted = False
+                    job.counted_as_joining = False
             raise
 
     def decode(
@@ -204,8 +210,8 @@ class BatchScheduler:
                     self._fail_all(RuntimeError("the scheduler is shut down"))
                     return
                 # Requests whose image is encoded join this tick if we wait a moment for them.
-                if self._joining and self.batch_wait_seconds > 0:
-                    self._wake.wait(self.batch_wait_seconds)
+                if self._joining and self.settings.batch_wait_seconds > 0:
+                    self._wake.wait(self.settings.batch_wait_seconds)
             self._run_decode_tick()
 
     def _run_encoder(self) -> None:
@@ -241,8 +247,8 @@ class BatchScheduler:
         self.stats.encode_images += len(images)
         with self._wake:
             for job in live:
-                job.counted = job.joins
-            self._joining += sum(job.joins for job in live)
+                job.counted_as_joining = job.decode_follows
+            self._joining += sum(job.decode_follows for job in live)
         row = image = 0
         for job in live:
             rows = slice(row, row + len(job.conditions))
@@ -271,7 +277,7 @@ class BatchScheduler:
             self._jobs = keep
             batch, beams = [], 0
             for job in keep:
-                if batch and beams + job.search.num_live > self.max_batch_beams:
+                if batch and beams + job.search.num_live > self.settings.max_batch_beams:
                     break
                 batch.append(job)
                 beams += job.search.num_live
@@ -296,8 +302,8 @@ class BatchScheduler:
             return
         self.stats.decode_calls += 1
         self.stats.decode_beams += len(tokens)
-        if self.on_decode_batch is not None:
-            self.on_decode_batch(len(tokens))
+        if self.settings.on_decode_batch is not None:
+            self.settings.on_decode_batch(len(tokens))
         start = 0
         finished = []
         for job in batch:

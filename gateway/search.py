@@ -9,8 +9,11 @@ every backend and be tested on its own.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Self
 
 import numpy as np
+
+from memefly.contract import ModelContract
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ class Hypothesis:
     score: float
 
 
-class _Decoding:
+class _LiveBeams:
     """Live beams of one request and the rules every caption obeys, whatever picks the tokens."""
 
     settings: SearchSettings | SamplingSettings
@@ -97,6 +100,14 @@ class _Decoding:
         self.log_probs = np.zeros(beams, np.float64)
         self.finished: list[Hypothesis] = []
         self.steps = 0
+
+    @classmethod
+    def for_contract(
+        cls, settings: SearchSettings | SamplingSettings, contract: ModelContract, prefix: tuple[int, ...] = ()
+    ) -> Self:
+        """This search (BeamSearch or Sampling) with the contract's special-token ids and state size."""
+        c = contract
+        return cls(settings, c.start_id, c.end_id, c.sep_id, c.state_size, c.unk_id, prefix=prefix, pad_id=c.pad_id)
 
     @property
     def num_live(self) -> int:
@@ -179,7 +190,7 @@ class _Decoding:
         raise NotImplementedError
 
 
-class BeamSearch(_Decoding):
+class BeamSearch(_LiveBeams):
     def __init__(
         self,
         settings: SearchSettings,
@@ -233,7 +244,7 @@ class BeamSearch(_Decoding):
         self._finish_at_max_length()
 
 
-class Sampling(_Decoding):
+class Sampling(_LiveBeams):
     """`n` independent samples of one request, reproducible with a seed."""
 
     def __init__(

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from memefly.paths import model_versions
+
 _SAVED_MODEL = re.compile(r"([^/]+)/(\d+)/saved_model\.pb")
 INFERENCE_SCRIPT = Path(__file__).with_name("sagemaker_inference.py")
 INFERENCE_SCRIPT_NAME = "code/inference.py"
@@ -41,7 +43,7 @@ class ModelArchive:
 
 
 def available_versions(model_dir: Path) -> list[int]:
-    return sorted(int(p.name) for p in model_dir.glob("*") if p.name.isdigit() and (p / "saved_model.pb").is_file())
+    return list(model_versions(model_dir))
 
 
 def newest_version(model_dir: Path) -> int:

@@ -28,6 +28,10 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported by the functions that need it, after the flags are parsed
+    from serving.tier import TierOptions
 
 SHUTDOWN_GRACE_SECONDS = 5.0
 CPUS = os.cpu_count() or 1
@@ -105,13 +109,40 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def tier_options(args: argparse.Namespace) -> TierOptions:
+    """The tier's options as the parsed flags set them."""
+    from serving.tier import TierOptions
+
+    return TierOptions(
+        grpc_port=args.port,
+        rest_api_port=args.rest_api_port,
+        sagemaker_port=args.sagemaker_port,
+        model_name=args.model_name,
+        model_base_path=args.model_base_path,
+        model_config_file=args.model_config_file,
+        model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
+        file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
+        allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
+        enable_batching=args.enable_batching,
+        batching_parameters_file=args.batching_parameters_file,
+        enable_per_model_batching_parameters=args.enable_per_model_batching_parameters,
+        enable_model_warmup=args.enable_model_warmup,
+        num_request_iterations_for_warmup=args.num_request_iterations_for_warmup,
+        grpc_max_threads=args.grpc_max_threads,
+        rest_api_num_threads=args.rest_api_num_threads,
+        rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
+        rest_api_enable_cors_support=args.rest_api_enable_cors_support,
+        tensor_content=args.enable_serialization_as_tensor_content,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Imported after argument parsing so that --help and flag errors do not wait for TensorFlow.
     import tensorflow as tf
 
-    from serving.tier import ServingTier, TierOptions
+    from serving.tier import ServingTier
 
     # Before any model loads: TensorFlow fixes its thread pools when its runtime starts.
     tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
@@ -122,29 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tf.config.threading.get_inter_op_parallelism_threads(),
     )
 
-    tier = ServingTier(
-        TierOptions(
-            grpc_port=args.port,
-            rest_api_port=args.rest_api_port,
-            sagemaker_port=args.sagemaker_port,
-            model_name=args.model_name,
-            model_base_path=args.model_base_path,
-            model_config_file=args.model_config_file,
-            model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
-            file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
-            allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
-            enable_batching=args.enable_batching,
-            batching_parameters_file=args.batching_parameters_file,
-            enable_per_model_batching_parameters=args.enable_per_model_batching_parameters,
-            enable_model_warmup=args.enable_model_warmup,
-            num_request_iterations_for_warmup=args.num_request_iterations_for_warmup,
-            grpc_max_threads=args.grpc_max_threads,
-            rest_api_num_threads=args.rest_api_num_threads,
-            rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
-            rest_api_enable_cors_support=args.rest_api_enable_cors_support,
-            tensor_content=args.enable_serialization_as_tensor_content,
-        )
-    )
+    tier = ServingTier(tier_options(args))
     if not tier.start():
         return 1
     stop = threading.Event()

@@ -116,7 +116,7 @@ class _Queue:
         return self.in_flight == 0 and len(self.batches) == 1 and not self.batches[-1]
 
 
-class BatchScheduler:
+class SharedBatchScheduler:
     """The server-wide pool of ``num_batch_threads`` threads, taking ready batches from every
     queue in turn, as TF Serving's SharedBatchScheduler does."""
 

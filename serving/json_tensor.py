@@ -1,8 +1,9 @@
 """TF Serving's REST JSON for Predict: request bodies to arrays, outputs to response bodies.
 
-A port of the rules of tensorflow_serving/util/json_tensor.cc, down to its messages and its
-rapidjson ``PrettyWriter`` layout (4-space indent, rows printed on one line), because clients and
-the SageMaker container compare these bodies as text:
+The rules of tensorflow_serving/util/json_tensor.cc: what a client can tell, the JSON values, their
+types and numbers and the status codes, are TF Serving's; the bodies are compact JSON rather than
+rapidjson's pretty-printed text, and error messages keep TF Serving's words but quote values as
+compact JSON and parse errors in Python's words.
 
 - ``{"instances": [...]}`` (row format) stacks one value (or one object of named values) per row
   and answers ``{"predictions": [...]}``; ``{"inputs": ...}`` (columnar) sends each tensor whole
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,7 +30,6 @@ from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
 from serving.errors import InvalidArgumentError, ServingError, UnimplementedError
-from serving.rapidjson import JsonObject, PrettyWriter, debug_string, parse_json, utf8
 from serving.tensors import dtype_name
 
 ROW = "row"
@@ -36,6 +37,43 @@ COLUMNAR = "columnar"
 BYTES_SUFFIX = "_bytes"
 
 InputInfos = Mapping[str, meta_graph_pb2.TensorInfo]
+MAX_DEBUG_STRING_CHARS = 256  # kMaxJsonDebugStringBytes
+
+
+def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose repeated names keep their first value, as rapidjson's FindMember reads them."""
+    members: dict[str, Any] = {}
+    for name, value in pairs:
+        members.setdefault(name, value)
+    return members
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    """ParseJson: the first JSON value of the body (anything after it is ignored), which must be an
+    object. NaN and Infinity are numbers; strings may hold any bytes (kept by `surrogateescape`)."""
+    text = body.decode("utf-8", "surrogateescape").removeprefix("\ufeff")
+    start = len(text) - len(text.lstrip(" \t\n\r"))
+    if start == len(text):
+        raise InvalidArgumentError("JSON Parse error: The document is empty")
+    try:
+        document, _ = json.JSONDecoder(object_pairs_hook=_first_wins).raw_decode(text, start)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgumentError(f"JSON Parse error: {exc}") from exc
+    if not isinstance(document, dict):
+        raise InvalidArgumentError(f"JSON Value: {debug_string(document)} Is not object")
+    return document
+
+
+def debug_string(value: Any) -> str:
+    """A JSON value quoted in a message (JsonValueToDebugString), cut after 256 characters."""
+    return json.dumps(value, ensure_ascii=False)[:MAX_DEBUG_STRING_CHARS]
+
+
+def utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8", "surrogateescape")  # bytes that were not UTF-8 in the body
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
 
 
 def _type_name(value: Any) -> str:
@@ -43,7 +81,7 @@ def _type_name(value: Any) -> str:
         return "Null"
     if isinstance(value, bool):
         return "True" if value else "False"
-    if isinstance(value, JsonObject):
+    if isinstance(value, dict):
         return "Object"
     if isinstance(value, list):
         return "Array"
@@ -53,7 +91,7 @@ def _type_name(value: Any) -> str:
 
 
 def _is_b64(value: Any) -> bool:
-    return isinstance(value, JsonObject) and len(value.pairs) == 1 and isinstance(value.get("b64"), str)
+    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
 
 
 def _integer_in(value: Any, low: int, high: int) -> bool:
@@ -72,7 +110,7 @@ def _is_number(value: Any) -> bool:
 
 def _scalar(value: Any, dtype: int) -> Any:
     """AddValueToTensor: one JSON value as the signature's dtype, or why it cannot be."""
-    if isinstance(value, JsonObject):
+    if isinstance(value, dict):
         if dtype != types_pb2.DT_STRING:
             raise _type_error(value, dtype)
         return _b64_decode(value)
@@ -208,14 +246,14 @@ def parse_predict_request(body: bytes, input_infos: Callable[[str], InputInfos])
 
 def _from_instances(instances: list[Any], infos: InputInfos) -> dict[str, np.ndarray]:
     """FillTensorMapFromInstancesList: one row per element, the rows stacked along a new 0th dimension."""
-    if not isinstance(instances[0], JsonObject) and len(infos) > 1:
+    if not isinstance(instances[0], dict) and len(infos) > 1:
         raise InvalidArgumentError(
             "instances is a plain list, but expecting list of objects as multiple input tensors required "
             "as per tensorinfo_map"
         )
 
     def named(value: Any) -> bool:
-        return isinstance(value, JsonObject) and not _is_b64(value)
+        return isinstance(value, dict) and not _is_b64(value)
 
     objects = named(instances[0])
     values: dict[str, list[Any]] = {}
@@ -238,14 +276,14 @@ def _from_instances(instances: list[Any], infos: InputInfos) -> dict[str, np.nda
         if objects:
             if not named(element):
                 raise InvalidArgumentError(f"Expecting object but got list at item {index} of input list")
-            for name, value in element.pairs:
+            for name, value in element.items():
                 try:
                     add(value, name)
                 except ServingError as exc:
                     raise InvalidArgumentError(
                         f"Failed to process element: {index} key: {name} of 'instances' list. Error: {exc.to_string()}"
                     ) from exc
-            if {name for name, _ in element.pairs} != set(infos):
+            if set(element) != set(infos):
                 raise InvalidArgumentError(
                     f"Failed to process element: {index} of 'instances' list. JSON object: "
                     f"{debug_string(element)} keys must be equal to: {','.join(sorted(infos))}"
@@ -264,7 +302,7 @@ def _from_instances(instances: list[Any], infos: InputInfos) -> dict[str, np.nda
 
 def _from_inputs(inputs: Any, infos: InputInfos) -> dict[str, np.ndarray]:
     """FillTensorMapFromInputsMap: each named input whole; extra names are ignored, as in TF Serving."""
-    if not isinstance(inputs, JsonObject) or _is_b64(inputs):
+    if not isinstance(inputs, dict) or _is_b64(inputs):
         if len(infos) > 1:
             raise InvalidArgumentError(
                 "inputs is a plain value/list, but expecting an object as multiple input tensors required "
@@ -289,28 +327,33 @@ def _shape_text(shape: list[int]) -> str:
 # ---- responses ---------------------------------------------------------------------------------
 
 
-def _decimal(value: float, single: bool) -> bytes:
+def _decimal(value: float, single: bool) -> str:
     """WriteDecimal: six significant digits unless they do not round-trip, and always a '.' or 'e'."""
     if math.isnan(value):
-        return b"NaN"
+        return "NaN"
     if math.isinf(value):
-        return b"-Infinity" if value < 0 else b"Infinity"
+        return "-Infinity" if value < 0 else "Infinity"
     text = f"{value:.6g}"
     round_trips = np.float32(float(text)) == np.float32(value) if single else float(text) == value
     if not round_trips:
         text = f"{value:.9g}" if single else f"{value:.17g}"
     if "." not in text and "e" not in text:
         text += ".0"
-    return text.encode()
+    return text
 
 
-def _value_writer(array: np.ndarray, alias: str) -> Callable[[PrettyWriter, Any], None]:
+def _string(raw: bytes) -> str:
+    """A JSON string of a tensor's bytes; bytes that are not UTF-8 go out as they are, as in TF Serving."""
+    return json.dumps(raw.decode("utf-8", "surrogateescape"), ensure_ascii=False)
+
+
+def _value_writer(array: np.ndarray, alias: str) -> Callable[[Any], str]:
     """How AddSingleValueAndAdvance writes one value of this output's dtype."""
     dtype = tf.as_dtype(array.dtype).as_datatype_enum
     if dtype == types_pb2.DT_FLOAT:
-        return lambda w, v: w.raw(_decimal(float(v), single=True))
+        return lambda v: _decimal(float(v), single=True)
     if dtype == types_pb2.DT_DOUBLE:
-        return lambda w, v: w.raw(_decimal(float(v), single=False))
+        return lambda v: _decimal(float(v), single=False)
     if dtype in (
         types_pb2.DT_INT8,
         types_pb2.DT_INT16,
@@ -320,94 +363,59 @@ def _value_writer(array: np.ndarray, alias: str) -> Callable[[PrettyWriter, Any]
         types_pb2.DT_UINT32,
         types_pb2.DT_UINT64,
     ):
-        return lambda w, v: w.raw(str(int(v)).encode())
+        return lambda v: str(int(v))
     if dtype == types_pb2.DT_BOOL:
-        return lambda w, v: w.raw(b"true" if v else b"false")
+        return lambda v: "true" if v else "false"
     if dtype == types_pb2.DT_STRING and alias.endswith(BYTES_SUFFIX):
-        return _write_b64
+        return lambda v: '{"b64":"' + base64.b64encode(bytes(v)).decode("ascii") + '"}'
     if dtype == types_pb2.DT_STRING:
-        return lambda w, v: w.string(bytes(v))
+        return lambda v: _string(bytes(v))
 
-    def unsupported(writer: PrettyWriter, value: Any) -> None:
+    def unsupported(value: Any) -> str:
         raise InvalidArgumentError(f"Failed to write JSON value for tensor type: {dtype_name(dtype)}")
 
     return unsupported
 
 
-def _write_b64(writer: PrettyWriter, value: bytes) -> None:
-    writer.start(in_array=False)
-    writer.string(b"b64")
-    writer.string(base64.b64encode(bytes(value)))
-    writer.end()
-
-
-def _write_tensor(writer: PrettyWriter, array: np.ndarray, write_value: Callable[[PrettyWriter, Any], None]) -> None:
+def _tensor_json(array: np.ndarray, write_value: Callable[[Any], str]) -> str:
     """AddTensorValues: nested arrays, or the bare value of a scalar."""
     if array.ndim == 0:
-        write_value(writer, array[()])
-        return
-    writer.start(in_array=True)
-    for item in array:
-        if isinstance(item, np.ndarray):
-            _write_tensor(writer, item, write_value)
-        else:
-            write_value(writer, item)
-    writer.end()
+        return write_value(array[()])
+    if array.ndim == 1:
+        return "[" + ",".join(map(write_value, array.tolist())) + "]"
+    return "[" + ",".join(_tensor_json(item, write_value) for item in array) + "]"
+
+
+def _tensors_json(outputs: Mapping[str, np.ndarray], writers: Mapping[str, Callable[[Any], str]]) -> str:
+    """One tensor bare, several as an object by name."""
+    if len(outputs) == 1:
+        [(name, array)] = outputs.items()
+        return _tensor_json(array, writers[name])
+    members = (_string(utf8(name)) + ":" + _tensor_json(array, writers[name]) for name, array in outputs.items())
+    return "{" + ",".join(members) + "}"
 
 
 def predict_response(outputs: Mapping[str, np.ndarray], response_format: str) -> bytes:
     """MakeJsonFromTensors: ``{"predictions": ...}`` for row requests, ``{"outputs": ...}`` for columnar."""
     if not outputs:
         raise InvalidArgumentError("Cannot convert empty tensor map to JSON")
-    outputs = {name: np.asarray(value) for name, value in outputs.items()}
-    names = sorted(outputs)
-    writers = {name: _value_writer(outputs[name], name) for name in names}
-    writer = PrettyWriter()
-    several = len(names) > 1
-    writer.start(in_array=False)
+    outputs = {name: np.asarray(outputs[name]) for name in sorted(outputs)}
+    writers = {name: _value_writer(array, name) for name, array in outputs.items()}
     if response_format == COLUMNAR:
-        writer.string(b"outputs")
-        if several:
-            writer.start(in_array=False)
-        for name in names:
-            if several:
-                writer.string(utf8(name))
-            _write_tensor(writer, outputs[name], writers[name])
-        if several:
-            writer.end()
-        writer.end()
-        return writer.getvalue()
+        return ('{"outputs":' + _tensors_json(outputs, writers) + "}").encode("utf-8", "surrogateescape")
     batch = -1
-    for name in names:
-        if outputs[name].ndim == 0:
+    for name, array in outputs.items():
+        if array.ndim == 0:
             raise InvalidArgumentError(f"Tensor name: {name} has no shape information ")
-        rows = outputs[name].shape[0]
-        if batch >= 0 and rows != batch:
-            raise InvalidArgumentError(f"Tensor name: {name} has inconsistent batch size: {rows} expecting: {batch}")
-        batch = rows
-    writer.string(b"predictions")
-    writer.start(in_array=True)
-    for row in range(batch):
-        if several:
-            writer.start(in_array=False)
-        writer.single_line_arrays = True
-        for name in names:
-            if several:
-                writer.string(utf8(name))
-            _write_tensor(writer, outputs[name][row, ...], writers[name])
-        writer.single_line_arrays = False
-        if several:
-            writer.end()
-    writer.end()
-    writer.end()
-    return writer.getvalue()
+        if batch >= 0 and array.shape[0] != batch:
+            raise InvalidArgumentError(
+                f"Tensor name: {name} has inconsistent batch size: {array.shape[0]} expecting: {batch}"
+            )
+        batch = array.shape[0]
+    rows = (_tensors_json({name: array[row, ...] for name, array in outputs.items()}, writers) for row in range(batch))
+    return ('{"predictions":[' + ",".join(rows) + "]}").encode("utf-8", "surrogateescape")
 
 
 def error_body(message: str) -> bytes:
-    """MakeJsonFromStatus: ``{"error": message}`` as TF Serving prints it."""
-    writer = PrettyWriter()
-    writer.start(in_array=False)
-    writer.string(b"error")
-    writer.string(utf8(message))
-    writer.end()
-    return writer.getvalue()
+    """MakeJsonFromStatus: ``{"error": message}``."""
+    return ('{"error":' + _string(utf8(message)) + "}").encode("utf-8", "surrogateescape")

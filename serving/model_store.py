@@ -26,7 +26,8 @@ import tensorflow as tf
 from tensorflow.core.protobuf import error_codes_pb2, meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import model_pb2
 
-from serving.batching import BatchScheduler, BatchSignature
+from memefly.paths import model_versions
+from serving.batching import BatchSignature, SharedBatchScheduler
 from serving.batching_options import PER_MODEL_PARAMETERS_FILE, BatchingOptions
 from serving.errors import (
     FailedPreconditionError,
@@ -58,7 +59,7 @@ class VersionStatus:
 class Batching:
     """``--enable_batching``: the shared batch threads, and the parameters for each model version."""
 
-    scheduler: BatchScheduler
+    scheduler: SharedBatchScheduler
     options: BatchingOptions
     per_model: bool = False  # --enable_per_model_batching_parameters
 
@@ -95,7 +96,7 @@ class LoadedVersion:
         name: str,
         version: int,
         path: Path,
-        batching: tuple[BatchScheduler, BatchingOptions] | None = None,
+        batching: tuple[SharedBatchScheduler, BatchingOptions] | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -218,15 +219,6 @@ def _checked_output_filter(signature: meta_graph_pb2.SignatureDef, output_filter
     return list(output_filter) or sorted(signature.outputs)
 
 
-def find_versions(base_path: Path) -> dict[int, Path]:
-    """Numeric subdirectories of ``base_path`` that hold a ``saved_model.pb``, by version."""
-    versions = {}
-    for child in sorted(base_path.iterdir()):
-        if child.name.isdigit() and (child / "saved_model.pb").is_file():
-            versions[int(child.name)] = child
-    return versions
-
-
 class ModelStore:
     """Loaded versions of the configured models, each found under its own base path."""
 
@@ -301,7 +293,9 @@ class ModelStore:
 
     def _poll_model(self, model: ModelConfig) -> None:
         try:
-            on_disk = find_versions(model.base_path)
+            if not model.base_path.is_dir():
+                raise FileNotFoundError(f"no such directory: {model.base_path}")
+            on_disk = model_versions(model.base_path)
         except OSError as exc:
             log.error("Could not find base path %s for servable %s: %s", model.base_path, model.name, exc)
             return

@@ -5,8 +5,8 @@ model_servers/http_rest_api_handler.cc, http_rest_api_util.cc and http_server.cc
 
 - ``GET /v1/models/{name}[/versions/{v}|/labels/{l}]``: GetModelStatus as proto JSON. A label
   does not narrow it down: TF Serving ignores labels here and lists every version.
-- ``GET /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata``: GetModelMetadata, printed as
-  TF Serving prints it (``{"model_spec": ..., "metadata": {"signature_def": ...}}``).
+- ``GET /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata``: GetModelMetadata, with the
+  members TF Serving gives it (``{"model_spec": ..., "metadata": {"signature_def": ...}}``), as compact JSON.
 - ``POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict``: see ``serving.json_tensor``.
   ``:classify`` and ``:regress`` are routed but not implemented by this stand-in (501).
 - Any other path under ``/v1/`` is ``400 Malformed request``; paths outside it get libevent's
@@ -142,7 +142,7 @@ class RestApi:
             entry.status.error_code = error_codes_pb2.Code.Value(status.error_code)
             entry.status.error_message = status.error_message
             entry.status.SetInParent()
-        return _proto_json(response, preserve_names=False)
+        return json.dumps(_proto_dict(response, preserve_names=False)).encode()
 
     def _metadata(self, spec: model_pb2.ModelSpec) -> bytes:
         servable = self._store.resolve(spec)
@@ -150,14 +150,8 @@ class RestApi:
         for name, signature_def in servable.signature_defs.items():
             signature_defs.signature_def[name].CopyFrom(signature_def)
         model_spec = {"name": servable.name, "signature_name": "", "version": str(servable.version)}
-        # ToJsonString (http_rest_api_util.cc) glues two proto JSON texts together like this.
-        return (
-            b'{\n"model_spec":'
-            + _json_text(model_spec)
-            + b',\n"metadata": {"signature_def": '
-            + _proto_json(signature_defs, preserve_names=True, reorder=_signature_def_order)
-            + b"}\n}\n"
-        )
+        metadata = {"signature_def": _proto_dict(signature_defs, preserve_names=True)}
+        return json.dumps({"model_spec": model_spec, "metadata": metadata}).encode()
 
 
 def _model_spec(name: str, version: str | None, label: str | None) -> model_pb2.ModelSpec:
@@ -172,27 +166,10 @@ def _model_spec(name: str, version: str | None, label: str | None) -> model_pb2.
     return spec
 
 
-def _json_text(value: Any) -> bytes:
-    # protobuf's JSON printer with add_whitespace: one-space indent, and a newline at the end.
-    return json.dumps(value, indent=1, ensure_ascii=False).encode() + b"\n"
-
-
-def _proto_json(message: Any, preserve_names: bool, reorder: Any = None) -> bytes:
-    value = json_format.MessageToDict(
+def _proto_dict(message: Any, preserve_names: bool) -> dict[str, Any]:
+    """A proto as TF Serving's JSON: every field, default values included."""
+    return json_format.MessageToDict(
         message,
         preserving_proto_field_name=preserve_names,
         always_print_fields_with_no_presence=True,
     )
-    return _json_text(reorder(value) if reorder else value)
-
-
-def _signature_def_order(value: Any) -> Any:
-    """TF Serving prints a TensorInfo's ``name`` after its dtype and shape."""
-    if isinstance(value, dict):
-        ordered = {key: _signature_def_order(item) for key, item in value.items()}
-        if {"dtype", "tensor_shape", "name"} <= set(ordered):
-            ordered["name"] = ordered.pop("name")
-        return ordered
-    if isinstance(value, list):
-        return [_signature_def_order(item) for item in value]
-    return value

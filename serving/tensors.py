@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf import wrappers_pb2
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
 from serving.errors import InvalidArgumentError
@@ -51,8 +52,11 @@ _PROTO_FIELDS: dict[int, tuple[str, np.dtype]] = {
     types_pb2.DT_HALF: ("half_val", np.dtype(np.uint16)),
     types_pb2.DT_BFLOAT16: ("half_val", np.dtype(np.uint16)),
 }
-_FIELD_NUMBERS = {field.name: field.number for field in tensor_pb2.TensorProto.DESCRIPTOR.fields}
-_LENGTH_DELIMITED = 2
+_PACKED_KEYS = {
+    # A packed repeated field's key: its number and wire type 2 (length-delimited), one byte below field 16.
+    name: bytes([tensor_pb2.TensorProto.DESCRIPTOR.fields_by_name[name].number << 3 | 2])
+    for name in ("float_val", "double_val", "scomplex_val", "dcomplex_val")
+}
 
 
 def dtype_name(dtype: int) -> str:
@@ -94,19 +98,10 @@ def to_tensor_proto(array: np.ndarray, as_content: bool = False) -> tensor_pb2.T
     values = np.ascontiguousarray(array).ravel().view(view)
     if view.kind == "f":
         # A packed fixed-width field's wire bytes are the little-endian values themselves: parsing them
-        # gives the same message as extending from a list, without a Python float per value.
-        payload = values.astype(view, copy=False).tobytes()
-        key = _varint(_FIELD_NUMBERS[field] << 3 | _LENGTH_DELIMITED)
-        proto.MergeFromString(key + _varint(len(payload)) + payload)
+        # gives the same message as extending from a list, without a Python float per value. Protobuf
+        # writes the length: a BytesValue serializes as its own one-byte key, the length, the bytes.
+        payload = wrappers_pb2.BytesValue(value=values.astype(view, copy=False).tobytes()).SerializeToString()
+        proto.MergeFromString(_PACKED_KEYS[field] + payload[1:])
     else:
         getattr(proto, field).extend(values.tolist())
     return proto
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.batching import BatchScheduler
+from serving.batching import SharedBatchScheduler
 from serving.batching_options import BatchingOptions
 from serving.errors import ServingError
 from serving.grpc_server import build_server
@@ -56,7 +56,7 @@ class ServingTier:
     def __init__(self, options: TierOptions) -> None:
         self.options = options
         self.store: ModelStore | None = None
-        self._scheduler: BatchScheduler | None = None
+        self._scheduler: SharedBatchScheduler | None = None
         self._grpc: grpc.Server | None = None
         self._http: list[HttpServer] = []
         self._stop = threading.Event()
@@ -130,7 +130,7 @@ class ServingTier:
             return None
         path = self.options.batching_parameters_file
         options = BatchingOptions.read(path) if path else BatchingOptions()
-        self._scheduler = BatchScheduler(options.num_batch_threads)
+        self._scheduler = SharedBatchScheduler(options.num_batch_threads)
         return Batching(self._scheduler, options, self.options.enable_per_model_batching_parameters)
 
     def _reload(self, config: model_server_config_pb2.ModelServerConfig) -> None:

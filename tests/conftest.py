@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import MODEL_NAME, free_port, photo_jpeg, serving_process, wait_for_model_status
+from tests.support import MODEL_NAME, photo_jpeg, serving_model
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -56,9 +56,5 @@ def model_base_path(tmp_path_factory: pytest.TempPathFactory, tiny_training) -> 
 @pytest.fixture(scope="session")
 def serving_target(model_base_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The local serving tier, as a subprocess on a free port, serving the tiny model."""
-    port = free_port()
-    args = [f"--port={port}", f"--model_name={MODEL_NAME}", f"--model_base_path={model_base_path / MODEL_NAME}"]
-    with serving_process(args, tmp_path_factory.mktemp("serving") / "server.log", stop_timeout=20) as process:
-        target = f"127.0.0.1:{port}"
-        wait_for_model_status(target, MODEL_NAME, process)
+    with serving_model(model_base_path, tmp_path_factory.mktemp("serving") / "server.log") as target:
         yield target

@@ -15,7 +15,7 @@ from gateway.app import create_app
 from gateway.security import key_is_valid
 from gateway.settings import Settings
 from tests.bad_images import one_pixel_png
-from tests.support import MODEL_NAME
+from tests.support import embedded_settings
 
 KEYS = ["key-one-7f3a9c", "key-two-b81e44"]
 ORIGIN = "https://memes.example"
@@ -23,11 +23,9 @@ ORIGIN = "https://memes.example"
 
 @pytest.fixture(scope="module")
 def client(model_base_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    settings = Settings(
-        backend="embedded",
-        model_name=MODEL_NAME,
-        model_base_path=model_base_path,
-        meme_store_dir=tmp_path_factory.mktemp("memes"),
+    settings = embedded_settings(
+        model_base_path,
+        tmp_path_factory.mktemp("memes"),
         api_keys=",".join(KEYS),
         cors_allow_origins=ORIGIN,
         log_json=False,
@@ -84,9 +82,7 @@ def test_keys_are_compared_whole() -> None:
 
 
 def test_without_keys_configured_no_key_is_needed(model_base_path: Path, tmp_path: Path) -> None:
-    settings = Settings(
-        backend="embedded", model_name=MODEL_NAME, model_base_path=model_base_path, meme_store_dir=tmp_path
-    )
+    settings = embedded_settings(model_base_path, tmp_path)
     with TestClient(create_app(settings)) as open_client:
         assert open_client.post("/v1/memes", json=TEXT_MEME).status_code == 200
         preflight = open_client.options(

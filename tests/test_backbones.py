@@ -15,8 +15,8 @@ from PIL import Image
 from export.efficientnet_lite import preprocess_image_bytes
 from export.model import (
     KERAS_APPLICATIONS,
+    CaptionModelConfig,
     MissingWeightsError,
-    ModelConfig,
     build_encoder,
     decode_and_crop,
     keras_application,
@@ -45,7 +45,7 @@ def test_an_uncached_backbone_fails_naming_the_missing_file_and_how_to_get_it(ke
     cache = keras_home / "models"
     missing = cache / "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
     with pytest.raises(MissingWeightsError) as error:
-        build_encoder(ModelConfig(encoder="inception_v3"))
+        build_encoder(CaptionModelConfig(encoder="inception_v3"))
     assert str(error.value) == (
         f"encoder 'inception_v3' needs the ImageNet weights of keras.applications.InceptionV3, and {missing} is "
         f"missing. They are never downloaded here: on a machine with internet access, download {INCEPTION_V3_URL} "
@@ -65,10 +65,11 @@ def test_cached_weights_are_loaded_from_the_keras_cache(keras_home: Path) -> Non
     # The cache holds Keras' legacy HDF5 weight files; Keras 3 writes that format only through this module.
     from keras.src.legacy.saving.legacy_h5_format import save_weights_to_hdf5_group
 
-    with h5py.File(keras_home / "models" / app.weights_file, "w") as f:
+    # The file name keras.applications.MobileNetV3Small asks its `get_file` for.
+    with h5py.File(keras_home / "models" / "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5", "w") as f:
         save_weights_to_hdf5_group(f, original)
 
-    encoder = build_encoder(ModelConfig(encoder="mobilenet_v3_small", decoder="transformer"))
+    encoder = build_encoder(CaptionModelConfig(encoder="mobilenet_v3_small", decoder="transformer"))
     assert encoder.context_shape == (49, 576)
     loaded = encoder.backbone.get_weights()
     assert len(loaded) == len(original.get_weights())
@@ -83,21 +84,20 @@ def test_encoder_names_are_keras_application_names_in_any_spelling() -> None:
     assert keras_application("resnet50").constructor == "ResNet50"
     assert keras_application("efficientnet_lite0") is None
     for constructor, app in KERAS_APPLICATIONS.items():
-        assert callable(getattr(keras.applications, constructor)), constructor
-        assert app.weights_url.endswith(".h5") and app.weights_file.endswith(".h5")
+        assert callable(getattr(keras.applications, constructor)) and app.constructor == constructor
 
 
 def test_an_unknown_encoder_is_refused_with_the_choices() -> None:
     with pytest.raises(
         ValueError, match=r"unknown encoder 'resnet9000'; choose efficientnet_lite0, tiny_cnn or .*Xception"
     ):
-        build_encoder(ModelConfig(encoder="resnet9000"))
+        build_encoder(CaptionModelConfig(encoder="resnet9000"))
 
 
 def test_inception_v3_builds_pooled_for_the_gru_and_as_a_feature_map_for_the_transformer(chelsea_jpeg: bytes) -> None:
-    pooled = build_encoder(ModelConfig(encoder="inception_v3"), pretrained=False)
+    pooled = build_encoder(CaptionModelConfig(encoder="inception_v3"), pretrained=False)
     assert (pooled.image_size, pooled.context_shape) == (299, (2048,))
-    spatial = build_encoder(ModelConfig(encoder="inception_v3", decoder="transformer"), pretrained=False)
+    spatial = build_encoder(CaptionModelConfig(encoder="inception_v3", decoder="transformer"), pretrained=False)
     assert spatial.context_shape == (64, 2048)
     features = tf.function(spatial)(tf.constant([chelsea_jpeg]))
     assert features.shape == (1, 64, 2048)

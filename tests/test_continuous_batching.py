@@ -13,7 +13,7 @@ import pytest
 from gateway.backends import Condition, Encoding
 from gateway.backends.embedded import EmbeddedBackend
 from gateway.captioner import CaptionRequest, ModelSession
-from gateway.scheduler import DeadlineExceeded
+from gateway.scheduler import DeadlineExceeded, SchedulerSettings
 from gateway.search import SamplingSettings, SearchSettings
 from tests.support import MODEL_NAME, photo_jpeg
 
@@ -22,7 +22,7 @@ PHOTOS = ["chelsea", "astronaut", "coffee", "rocket"]
 
 @pytest.fixture(scope="module")
 def session(model_base_path: Path):
-    session = ModelSession(EmbeddedBackend(model_base_path, MODEL_NAME), batch_wait_seconds=0.02)
+    session = ModelSession(EmbeddedBackend(model_base_path, MODEL_NAME), SchedulerSettings(batch_wait_seconds=0.02))
     yield session
     session.close()
 
@@ -59,7 +59,7 @@ def test_concurrent_requests_share_decode_calls_and_match_solo_results(
     calls_before = stats.decode_calls
     alone = caption_all(session, images, settings, concurrent=False)
     solo_calls = stats.decode_calls - calls_before
-    assert solo_calls == sum(r.rpcs - 1 for r in alone)
+    assert solo_calls == sum(r.model_calls - 1 for r in alone)
 
     calls_before, beams_before = stats.decode_calls, stats.decode_beams
     together = caption_all(session, images, settings, concurrent=True)
@@ -70,7 +70,7 @@ def test_concurrent_requests_share_decode_calls_and_match_solo_results(
     for solo, shared in zip(alone, together, strict=True):
         assert [c.boxes for c in solo.captions] == [c.boxes for c in shared.captions]
         np.testing.assert_allclose([c.score for c in solo.captions], [c.score for c in shared.captions], rtol=1e-4)
-        assert solo.rpcs == shared.rpcs
+        assert solo.model_calls == shared.model_calls
 
 
 def test_prefix_is_kept_and_completed(session: ModelSession, images: list[bytes]) -> None:
@@ -164,7 +164,7 @@ def test_a_new_requests_encode_does_not_stall_requests_already_decoding(model_ba
 def test_an_image_arriving_while_another_encodes_does_not_wait_for_it(model_base_path: Path) -> None:
     held = photo_jpeg("rocket")
     backend = _OneEncodeThatWaits(model_base_path, held)
-    session = ModelSession(backend, encode_workers=2)
+    session = ModelSession(backend, SchedulerSettings(encode_workers=2))
     settings = SearchSettings(beam_width=3, n_best=1, max_length=12)
     try:
         captioner = session.captioner()

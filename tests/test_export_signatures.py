@@ -11,6 +11,7 @@ import tensorflow as tf
 from memefly.contract import DECODE_STEP, ENCODE, METADATA, SPECIAL_TOKENS, TOKENIZE, ModelContract
 from tests.support import (
     MODEL_NAME,
+    assert_encode_and_decode_step_follow_the_contract,
     assert_score_equals_summed_decode_step_log_probs,
     assert_signatures_follow_the_contract,
     encode_kwargs,
@@ -47,32 +48,7 @@ def test_metadata_gives_vocabulary_with_special_tokens_first(loaded, contract: M
 
 
 def test_encode_and_decode_step_run_with_contract_shapes(loaded, contract: ModelContract, chelsea_jpeg: bytes) -> None:
-
-    context = loaded.signatures[ENCODE](**encode_kwargs([chelsea_jpeg, photo_jpeg("coffee")]))["context"]
-    assert context.shape == (2, *contract.context_shape)
-    assert context.dtype == tf.float32
-    assert not np.allclose(context[0], context[1]), "different photos must give different contexts"
-
-    n, k = 5, 7
-    outputs = loaded.signatures[DECODE_STEP](
-        tokens=tf.fill([n], contract.start_id),
-        state=tf.zeros([n, contract.state_size], contract.state_dtype),
-        context=context,
-        context_index=tf.constant([0, 0, 1, 1, 1]),
-        k=tf.constant(k),
-    )
-    assert outputs["top_log_probs"].shape == (n, k)
-    assert outputs["top_ids"].shape == (n, k)
-    assert outputs["top_ids"].dtype == tf.int32
-    assert outputs["state"].shape == (n, contract.state_size)
-    log_probs = outputs["top_log_probs"].numpy()
-    assert np.all(np.diff(log_probs, axis=1) <= 0), "top-k comes sorted"
-    assert np.all(log_probs <= 0)
-    # Rows of the same image and state agree; rows of different images differ.
-    np.testing.assert_allclose(log_probs[0], log_probs[1], rtol=1e-5)
-    assert not np.allclose(log_probs[0], log_probs[2])
-    never = {contract.pad_id, contract.start_id}
-    assert never.isdisjoint(outputs["top_ids"].numpy().ravel().tolist())
+    assert_encode_and_decode_step_follow_the_contract(loaded, contract, [chelsea_jpeg, photo_jpeg("coffee")])
 
 
 def test_decode_step_k_is_clipped_to_the_vocabulary(loaded, contract: ModelContract, chelsea_jpeg: bytes) -> None:

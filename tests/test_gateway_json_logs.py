@@ -11,13 +11,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.app import create_app
-from gateway.settings import Settings
-from tests.support import MODEL_NAME
+from tests.support import embedded_settings
 
 
 @pytest.fixture
 def client(model_base_path: Path) -> Iterator[TestClient]:
-    settings = Settings(backend="embedded", model_name=MODEL_NAME, model_base_path=model_base_path, beam_width=2)
+    settings = embedded_settings(model_base_path, beam_width=2)
     with TestClient(create_app(settings)) as client:
         yield client
 

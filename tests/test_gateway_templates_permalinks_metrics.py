@@ -14,15 +14,13 @@ from gateway.app import create_app
 from gateway.content_filter import ContentFilter
 from gateway.settings import Settings
 from gateway.templates import THUMBNAIL_SIDE
-from tests.support import MODEL_NAME
+from tests.support import MODEL_NAME, embedded_settings
 
 JSON = {"Accept": "application/json"}
 
 
 def make_settings(model_base_path: Path, store: Path, **overrides) -> Settings:
-    return Settings(
-        backend="embedded", model_name=MODEL_NAME, model_base_path=model_base_path, meme_store_dir=store, **overrides
-    )
+    return embedded_settings(model_base_path, store, **overrides)
 
 
 @pytest.fixture(scope="module")

@@ -58,23 +58,14 @@ class Model:
             context = self.call(ENCODE, image_bytes=tf.constant([image]))["context"]
             return self._search(context, prefix, settings)
         conditions = [Condition(0, "", "", rank) for rank in range(settings.n_best)]
-        inputs = {"image_bytes": np.array([image], dtype=object), **encode_inputs(conditions)}
+        inputs = encode_inputs(self.contract.encode, [image], conditions)
         contexts = self.call(ENCODE, **{name: tf.constant(value) for name, value in inputs.items()})["context"]
         one = replace(settings, n_best=1)
         return [hypothesis for row in contexts for hypothesis in self._search(row[None], prefix, one)]
 
     def _search(self, context: np.ndarray, prefix: str, settings: SearchSettings) -> list[Hypothesis]:
         contract = self.contract
-        search = BeamSearch(
-            settings,
-            contract.start_id,
-            contract.end_id,
-            contract.sep_id,
-            contract.state_size,
-            contract.unk_id,
-            prefix=self.tokenize(prefix) if prefix.strip() else (),
-            pad_id=contract.pad_id,
-        )
+        search = BeamSearch.for_contract(settings, contract, self.tokenize(prefix) if prefix.strip() else ())
         while True:
             step = self.call(
                 DECODE_STEP,

@@ -17,9 +17,8 @@ from fastapi.testclient import TestClient
 from gateway.app import create_app
 from gateway.draining import Drain
 from gateway.server import GatewayServer
-from gateway.settings import Settings
 from tests.live_gateway import read_http_response, running_gateway
-from tests.support import MODEL_NAME, photo_jpeg
+from tests.support import embedded_settings, photo_jpeg
 
 
 def _get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
@@ -31,9 +30,7 @@ def _get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
 def test_stop_signal_lets_the_request_in_flight_finish_and_refuses_new_ones(
     model_base_path: Path, tmp_path: Path
 ) -> None:
-    settings = Settings(
-        backend="embedded", model_name=MODEL_NAME, model_base_path=model_base_path, meme_store_dir=tmp_path
-    )
+    settings = embedded_settings(model_base_path, tmp_path)
     app = create_app(settings)
     body = json.dumps({"image": base64.b64encode(photo_jpeg("chelsea")).decode()}).encode()
     with running_gateway(app) as (server, port):
@@ -103,9 +100,7 @@ def test_lifespan_shutdown_waits_for_requests_in_flight_up_to_a_limit() -> None:
 
 
 def test_health_and_metrics_are_answered_while_draining(model_base_path: Path, tmp_path: Path) -> None:
-    settings = Settings(
-        backend="embedded", model_name=MODEL_NAME, model_base_path=model_base_path, meme_store_dir=tmp_path
-    )
+    settings = embedded_settings(model_base_path, tmp_path)
     with TestClient(create_app(settings)) as client:
         client.app.state.drain.start()
         assert client.get("/healthz").status_code == 200

@@ -27,17 +27,15 @@ from gateway.settings import Settings
 from memefly.paths import REPO_ROOT
 from tests import bad_images
 from tests.live_gateway import read_http_response, running_gateway
-from tests.support import MODEL_NAME
+from tests.support import embedded_settings
 
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024
 
 
 def _settings(model_base_path: Path, meme_dir: Path) -> Settings:
-    return Settings(
-        backend="embedded",
-        model_name=MODEL_NAME,
-        model_base_path=model_base_path,
-        meme_store_dir=meme_dir,
+    return embedded_settings(
+        model_base_path,
+        meme_dir,
         max_upload_bytes=MAX_UPLOAD_BYTES,
         beam_width=2,
         n_best=1,

@@ -27,7 +27,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving.grpc_server import to_tensor_proto
-from tests.support import free_port, serving_process
+from tests.support import free_port, predict_request, save_module, serving_process
 
 MODEL = "captioner"
 STARTUP_SECONDS = 60
@@ -66,9 +66,7 @@ class Captioner(tf.Module):
 
 
 def export(version: int, path: Path) -> None:
-    module = Captioner(version)
-    signatures = {"serving_default": module.score, "double": module.double, "labels": module.labels}
-    tf.saved_model.save(module, str(path), signatures=signatures)
+    save_module(Captioner(version), path, "double", "labels", serving_default="score")
 
 
 @dataclass
@@ -128,30 +126,9 @@ def models(channel: grpc.Channel) -> ModelStub:
     return ModelStub(channel)
 
 
-def predict_request(
-    signature: str = "",
-    version: int | None = None,
-    model: str = MODEL,
-    version_label: str = "",
-    **inputs: object,
-) -> predict_pb2.PredictRequest:
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model
-    request.model_spec.signature_name = signature
-    if version is not None:
-        request.model_spec.version.value = version
-    if version_label:
-        request.model_spec.version_label = version_label
-    for alias, value in inputs.items():
-        request.inputs[alias].CopyFrom(
-            value if isinstance(value, tensor_pb2.TensorProto) else tf.make_tensor_proto(value)
-        )
-    return request
-
-
-def score_request(**overrides: object) -> predict_pb2.PredictRequest:
+def score_request(version: int | None = None, **overrides: object) -> predict_pb2.PredictRequest:
     inputs: dict[str, object] = {"text": np.array([b"hi", b"hello"]), "count": np.array([3, 4], np.int32)}
-    return predict_request(**{**inputs, **overrides})
+    return predict_request(MODEL, "", {**inputs, **overrides}, version)
 
 
 def status_request(model: str = MODEL) -> get_model_status_pb2.GetModelStatusRequest:
@@ -184,7 +161,7 @@ def test_outputs_use_typed_value_fields_like_tf_serving(prediction: PredictionSt
 
 
 def test_scalar_signature_doubles_its_input(prediction: PredictionStub) -> None:
-    response = prediction.Predict(predict_request("double", x=np.int32(21)), timeout=10)
+    response = prediction.Predict(predict_request(MODEL, "double", {"x": np.int32(21)}), timeout=10)
 
     doubled = outputs(response)["doubled"]
     assert doubled.shape == () and doubled == 42
@@ -192,7 +169,7 @@ def test_scalar_signature_doubles_its_input(prediction: PredictionStub) -> None:
 
 
 def test_signature_without_inputs_returns_string_vector_and_scalar(prediction: PredictionStub) -> None:
-    result = outputs(prediction.Predict(predict_request("labels"), timeout=10))
+    result = outputs(prediction.Predict(predict_request(MODEL, "labels"), timeout=10))
 
     assert result["labels"].tolist() == [b"cat", b"dog"]
     assert result["model"] == b"captioner-v1"
@@ -251,7 +228,7 @@ def with_output_filter(name: str) -> predict_pb2.PredictRequest:
 
 CLIENT_MISTAKES = {
     "unknown-model": (
-        lambda p: p.Predict(predict_request(model="nope"), timeout=10),
+        lambda p: p.Predict(predict_request("nope"), timeout=10),
         grpc.StatusCode.NOT_FOUND,
         "Servable not found for request: Latest(nope)",
     ),
@@ -261,18 +238,18 @@ CLIENT_MISTAKES = {
         f"Servable not found for request: Specific({MODEL}, 7)",
     ),
     "unknown-version-label": (
-        lambda p: p.Predict(predict_request(version_label="stable"), timeout=10),
+        lambda p: p.Predict(predict_request(MODEL, version_label="stable"), timeout=10),
         grpc.StatusCode.INVALID_ARGUMENT,
         "Unrecognized servable version label: stable",
     ),
     # FAILED_PRECONDITION, not INVALID_ARGUMENT: that is what tensorflow_model_server's gRPC Predict says.
     "unknown-signature": (
-        lambda p: p.Predict(predict_request("nope"), timeout=10),
+        lambda p: p.Predict(predict_request(MODEL, "nope"), timeout=10),
         grpc.StatusCode.FAILED_PRECONDITION,
         'Serving signature key "nope" not found.',
     ),
     "missing-input": (
-        lambda p: p.Predict(predict_request(text=np.array([b"hi"])), timeout=10),
+        lambda p: p.Predict(predict_request(MODEL, "", {"text": np.array([b"hi"])}), timeout=10),
         grpc.StatusCode.INVALID_ARGUMENT,
         "Missing but required: {count}.",
     ),
@@ -362,7 +339,7 @@ def test_new_version_replaces_old_without_failed_requests(
             break
         time.sleep(0.05)
     assert answered_by[-1] == 2, f"version 2 not served within {RELOAD_SECONDS} s"
-    assert outputs(prediction.Predict(predict_request("labels"), timeout=10))["model"] == b"captioner-v2"
+    assert outputs(prediction.Predict(predict_request(MODEL, "labels"), timeout=10))["model"] == b"captioner-v2"
 
     while time.monotonic() < deadline:
         states = {s.version: s.state for s in models.GetModelStatus(status_request(), timeout=10).model_version_status}

@@ -17,8 +17,7 @@ from PIL import Image
 from gateway.api.memegen import MAX_PIXELS, output_size
 from gateway.app import create_app
 from gateway.memegen_text import MAX_SEGMENT_LENGTH, decode_segment, encode_text
-from gateway.settings import Settings
-from tests.support import MODEL_NAME
+from tests.support import embedded_settings
 
 # From memegen's README, "Special Characters", and the example URLs there.
 DOCUMENTED_DECODINGS = [
@@ -147,11 +146,9 @@ def test_sizes_past_memegens_pixel_cap_shrink_by_quarters() -> None:
 @pytest.fixture(scope="module")
 def client(model_base_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     app = create_app(
-        Settings(
-            backend="embedded",
-            model_name=MODEL_NAME,
-            model_base_path=model_base_path,
-            meme_store_dir=tmp_path_factory.mktemp("memes"),
+        embedded_settings(
+            model_base_path,
+            tmp_path_factory.mktemp("memes"),
             beam_width=2,
             n_best=1,
         )

@@ -16,8 +16,7 @@ from schemathesis.generation.modes import GenerationMode
 from schemathesis.python.asgi import shutdown_lifespans
 
 from gateway.app import create_app
-from gateway.settings import Settings
-from tests.support import MODEL_NAME
+from tests.support import embedded_settings
 
 EXAMPLES_PER_OPERATION = 20
 
@@ -26,11 +25,9 @@ EXAMPLES_PER_OPERATION = 20
 def gateway_schema(model_base_path: Path, tmp_path: Path) -> Iterator:
     """Function-scoped: schemathesis' pytest plugin ends ASGI lifespans when each test ends."""
     app = create_app(
-        Settings(
-            backend="embedded",
-            model_name=MODEL_NAME,
-            model_base_path=model_base_path,
-            meme_store_dir=tmp_path,
+        embedded_settings(
+            model_base_path,
+            tmp_path,
             request_timeout_seconds=10,
             beam_width=2,
             n_best=1,

@@ -16,8 +16,7 @@ from fastapi.testclient import TestClient
 
 from gateway.admission import Admission, Overloaded
 from gateway.app import create_app
-from gateway.settings import Settings
-from tests.support import MODEL_NAME, photo_jpeg
+from tests.support import embedded_settings, photo_jpeg
 
 CONCURRENT = 1
 QUEUED = 1
@@ -26,11 +25,9 @@ CLIENTS = 8
 
 @pytest.fixture(scope="module")
 def client(model_base_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    settings = Settings(
-        backend="embedded",
-        model_name=MODEL_NAME,
-        model_base_path=model_base_path,
-        meme_store_dir=tmp_path_factory.mktemp("memes"),
+    settings = embedded_settings(
+        model_base_path,
+        tmp_path_factory.mktemp("memes"),
         max_concurrent_memes=CONCURRENT,
         max_queued_memes=QUEUED,
     )

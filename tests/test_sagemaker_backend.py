@@ -27,15 +27,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from gateway.backends import ModelUnavailableError
-from gateway.backends.sagemaker import (
-    METADATA_REST,
-    METADATA_REST_INPUT,
-    SageMakerBackend,
-    SageMakerGenerateBackend,
-)
+from gateway.backends.sagemaker import SageMakerBackend, SageMakerGenerateBackend
 from gateway.search import SearchSettings
-from memefly.contract import DECODE_STEP_REST
-from tests.support import MODEL_NAME, free_port, photo_jpeg, serving_process
+from memefly.contract import DECODE_STEP_REST, METADATA_REST, METADATA_REST_SIGNATURE
+from tests.support import MODEL_NAME, assert_scores_as_in_process, free_port, photo_jpeg, serving_process
 
 STARTUP_SECONDS = 90
 PLAIN = "plain"
@@ -61,7 +56,7 @@ def export_with_rest_metadata(module, model_dir: Path) -> None:
         return {"vocabulary": outputs["vocabulary"], "contract": tf.reshape(outputs["contract"], [1])}
 
     wrapper.metadata_rest = tf.function(
-        metadata_rest, input_signature=[tf.TensorSpec([], tf.int32, name=METADATA_REST_INPUT)]
+        metadata_rest, input_signature=[tf.TensorSpec([], tf.int32, name=METADATA_REST_SIGNATURE.inputs[0].name)]
     )
     signatures = {
         ENCODE: module.encode,
@@ -148,7 +143,7 @@ def test_captions_over_sagemaker_are_the_embedded_backends(
     assert sagemaker_info.version == 1
     assert [c.boxes for c in sagemaker.captions] == [c.boxes for c in embedded.captions]
     assert [c.log_prob for c in sagemaker.captions] == pytest.approx([c.log_prob for c in embedded.captions], abs=1e-4)
-    assert sagemaker.rpcs == embedded.rpcs
+    assert sagemaker.model_calls == embedded.model_calls
     assert sagemaker.captions, "the model wrote no caption"
 
 
@@ -164,14 +159,9 @@ def test_tokenize_over_sagemaker_gives_the_models_ids(endpoint_url: str) -> None
 
 
 def test_score_over_sagemaker_equals_the_in_process_score(endpoint_url: str, model_base_path: Path) -> None:
-    from gateway.backends.embedded import EmbeddedBackend
-
-    embedded = EmbeddedBackend(model_base_path, MODEL_NAME)
     model_backend = backend(endpoint_url, model_version=1)
     try:
-        context = embedded.encode([photo_jpeg("coffee"), photo_jpeg("rocket")])
-        texts = ["when you see it", "one does not simply\nwalk into mordor"]
-        assert model_backend.score(context, texts) == pytest.approx(embedded.score(context, texts), abs=1e-4)
+        assert_scores_as_in_process(model_backend, model_base_path)
     finally:
         model_backend.close()
 

@@ -19,7 +19,7 @@ from gateway.captioner import ModelSession
 from gateway.rerank import blank_image_jpeg, most_specific, specificity
 from gateway.search import SamplingSettings
 from memefly.text import caption_text
-from tests.support import MODEL_NAME, photo_jpeg
+from tests.support import MODEL_NAME, assert_scores_as_in_process, photo_jpeg
 
 
 def test_most_specific_keeps_the_highest_scores_with_distinct_texts_best_first() -> None:
@@ -95,16 +95,13 @@ def test_sampling_returns_the_most_image_specific_of_its_draws(
     assert all(c.specificity is None for c in draws.captions)
     # The blank image's context is encoded once per model version; each re-ranked request adds one `score`.
     assert second.captions == first.captions
-    assert first.rpcs - draws.rpcs == 2
-    assert second.rpcs - draws.rpcs == 1
+    assert first.model_calls - draws.model_calls == 2
+    assert second.model_calls - draws.model_calls == 1
 
 
 def test_score_over_grpc_equals_the_in_process_score(model_base_path: Path, serving_target: str) -> None:
-    embedded = EmbeddedBackend(model_base_path, MODEL_NAME)
     remote = TfServingBackend(serving_target, MODEL_NAME, 30)
     try:
-        context = embedded.encode([photo_jpeg("coffee"), photo_jpeg("rocket")])
-        texts = ["when you see it", "one does not simply\nwalk into mordor"]
-        assert remote.score(context, texts) == pytest.approx(embedded.score(context, texts), abs=1e-4)
+        assert_scores_as_in_process(remote, model_base_path)
     finally:
         remote.close()

@@ -16,12 +16,12 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import model_pb2, prediction_service_pb2_grpc
 
 from serving.batching_options import BatchingOptions
 from serving.errors import InvalidArgumentError
 from serving.tier import ServingTier, TierOptions
-from tests.support import free_port
+from tests.support import free_port, grpc_predict, grpc_target, prediction_stub, running_tier, save_module
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAX_BATCH_SIZE = 16
@@ -59,20 +59,7 @@ class Batchable(tf.Module):
 
 
 def export(path: Path) -> None:
-    module = Batchable()
-    signatures = {
-        "encode": module.encode,
-        "decode_step": module.decode_step,
-        "metadata": module.metadata,
-        "summary": module.summary,
-    }
-    tf.saved_model.save(module, str(path), signatures=signatures)
-
-
-def start(options: TierOptions) -> ServingTier:
-    tier = ServingTier(options)
-    assert tier.start(), "serving tier did not start"
-    return tier
+    save_module(Batchable(), path, "encode", "decode_step", "metadata", "summary")
 
 
 @pytest.fixture(scope="module")
@@ -85,40 +72,22 @@ def tier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingTier]:
         f"max_batch_size {{ value: {MAX_BATCH_SIZE} }}\nbatch_timeout_micros {{ value: 300000 }}\n"
         "num_batch_threads { value: 1 }\nmax_enqueued_batches { value: 4 }\n"
     )
-    tier = start(
-        TierOptions(
-            grpc_port=free_port(),
-            model_name="encoder",
-            model_base_path=str(root / "encoder"),
-            file_system_poll_wait_seconds=0,
-            enable_batching=True,
-            batching_parameters_file=str(parameters),
-        )
+    options = TierOptions(
+        grpc_port=free_port(),
+        model_name="encoder",
+        model_base_path=str(root / "encoder"),
+        file_system_poll_wait_seconds=0,
+        enable_batching=True,
+        batching_parameters_file=str(parameters),
     )
-    try:
+    with running_tier(options) as tier:
         yield tier
-    finally:
-        tier.stop(0)
-
-
-def stub_for(tier: ServingTier) -> Iterator[prediction_service_pb2_grpc.PredictionServiceStub]:
-    with grpc.insecure_channel(f"127.0.0.1:{tier.options.grpc_port}") as channel:
-        yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
 
 @pytest.fixture(scope="module")
 def stub(tier: ServingTier) -> Iterator[prediction_service_pb2_grpc.PredictionServiceStub]:
-    yield from stub_for(tier)
-
-
-def predict(stub, signature: str, model: str = "encoder", **inputs: object) -> dict[str, np.ndarray]:
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model
-    request.model_spec.signature_name = signature
-    for alias, value in inputs.items():
-        request.inputs[alias].CopyFrom(tf.make_tensor_proto(value))
-    response = stub.Predict(request, timeout=30)
-    return {alias: tf.make_ndarray(proto) for alias, proto in response.outputs.items()}
+    with prediction_stub(grpc_target(tier)) as stub:
+        yield stub
 
 
 def signature_calls(tier: ServingTier, model: str, signature: str) -> int:
@@ -143,7 +112,8 @@ def test_concurrent_encode_calls_are_merged_and_each_caller_gets_its_own_rows(ti
 
     def call(caller: int) -> np.ndarray:
         barrier.wait()
-        return predict(stub, "encode", image_bytes=np.array(images[caller], dtype=object))["context"]
+        inputs = {"image_bytes": np.array(images[caller], dtype=object)}
+        return grpc_predict(stub, "encoder", "encode", inputs)["context"]
 
     with ThreadPoolExecutor(CALLERS) as pool:
         contexts = list(pool.map(call, range(CALLERS)))
@@ -157,7 +127,7 @@ def test_concurrent_encode_calls_are_merged_and_each_caller_gets_its_own_rows(ti
 
 def test_request_larger_than_max_batch_size_is_invalid_argument(stub) -> None:
     with pytest.raises(grpc.RpcError) as raised:
-        predict(stub, "encode", image_bytes=np.array([b"x"] * (MAX_BATCH_SIZE + 1), dtype=object))
+        grpc_predict(stub, "encoder", "encode", {"image_bytes": np.array([b"x"] * (MAX_BATCH_SIZE + 1), dtype=object)})
 
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert raised.value.details() == f"Task size {MAX_BATCH_SIZE + 1} is larger than maximum input batch size 16"
@@ -166,7 +136,7 @@ def test_request_larger_than_max_batch_size_is_invalid_argument(stub) -> None:
 @pytest.mark.parametrize("context_rows", [3, 2], ids=["scalar-k", "context-rows-differ"])
 def test_decode_step_cannot_be_batched_and_fails_as_in_tf_serving(stub, context_rows: int) -> None:
     with pytest.raises(grpc.RpcError) as raised:
-        predict(stub, "decode_step", **decode_step_inputs(context_rows))
+        grpc_predict(stub, "encoder", "decode_step", decode_step_inputs(context_rows))
 
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     # Which of the two TF Serving reports first depends on its input order.
@@ -178,7 +148,7 @@ def test_decode_step_cannot_be_batched_and_fails_as_in_tf_serving(stub, context_
 
 def test_signature_without_inputs_cannot_be_batched(stub) -> None:
     with pytest.raises(grpc.RpcError) as raised:
-        predict(stub, "metadata")
+        grpc_predict(stub, "encoder", "metadata", {})
 
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert raised.value.details() == "Batching Run() must have at least one input tensor"
@@ -186,14 +156,17 @@ def test_signature_without_inputs_cannot_be_batched(stub) -> None:
 
 def test_scalar_outputs_fail_a_batch_with_failed_precondition(stub) -> None:
     with pytest.raises(grpc.RpcError) as raised:
-        predict(stub, "summary", count=np.array([1, 2], np.int32))
+        grpc_predict(stub, "encoder", "summary", {"count": np.array([1, 2], np.int32)})
 
     assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert raised.value.details() == "Batched output tensor has 0 dimensions"
 
 
 @pytest.fixture(scope="module")
-def per_model_tier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingTier]:
+def per_model_stub(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[prediction_service_pb2_grpc.PredictionServiceStub]:
+    """A stub of a tier where only the encoder ships its own batching parameters."""
     root = tmp_path_factory.mktemp("per-model")
     export(root / "encoder" / "1")
     export(root / "captioner" / "1")
@@ -209,41 +182,32 @@ def per_model_tier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving
         )
         + "}\n"
     )
-    tier = start(
-        TierOptions(
-            grpc_port=free_port(),
-            model_config_file=str(config),
-            file_system_poll_wait_seconds=0,
-            enable_batching=True,
-            enable_per_model_batching_parameters=True,
-        )
+    options = TierOptions(
+        grpc_port=free_port(),
+        model_config_file=str(config),
+        file_system_poll_wait_seconds=0,
+        enable_batching=True,
+        enable_per_model_batching_parameters=True,
     )
-    try:
-        yield tier
-    finally:
-        tier.stop(0)
-
-
-@pytest.fixture(scope="module")
-def per_model_stub(per_model_tier: ServingTier) -> Iterator[prediction_service_pb2_grpc.PredictionServiceStub]:
-    yield from stub_for(per_model_tier)
+    with running_tier(options) as tier, prediction_stub(grpc_target(tier)) as stub:
+        yield stub
 
 
 def test_per_model_parameters_batch_only_models_that_ship_them(per_model_stub) -> None:
     stub = per_model_stub
 
-    picked = predict(stub, "decode_step", model="captioner", **decode_step_inputs(2))["picked"]
-    metadata = predict(stub, "metadata", model="captioner")
+    picked = grpc_predict(stub, "captioner", "decode_step", decode_step_inputs(2))["picked"]
+    metadata = grpc_predict(stub, "captioner", "metadata", {})
     with pytest.raises(grpc.RpcError) as raised:
-        predict(stub, "metadata", model="encoder")
+        grpc_predict(stub, "encoder", "metadata", {})
 
     assert picked.shape == (3, 2) and metadata["contract"] == b"{}"
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_allowed_batch_sizes_pad_the_batch_but_not_the_answer(per_model_stub) -> None:
-    context = predict(
-        per_model_stub, "encode", model="encoder", image_bytes=np.array([b"a", b"bb", b"ccc"], dtype=object)
+    context = grpc_predict(
+        per_model_stub, "encoder", "encode", {"image_bytes": np.array([b"a", b"bb", b"ccc"], dtype=object)}
     )["context"]
 
     assert context[:, 0].tolist() == [1.0, 2.0, 3.0]

@@ -8,21 +8,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
-import grpc
 import numpy as np
 import pytest
-import tensorflow as tf
 import yaml
 from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory, text_format
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
 from memefly.contract import GENERATE
 from memefly.paths import DEFAULT_MODEL_BASE_PATH, DEFAULT_MODEL_NAME, REPO_ROOT
 from serving.batching_options import BatchingParameters
-from tests.support import MODEL_NAME, free_port
+from tests.support import MODEL_NAME, free_port, grpc_predict, prediction_stub
 
 COMPOSE = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
 TFSERVING = COMPOSE["services"]["tfserving"]
@@ -154,28 +152,15 @@ def stand_in_argv(model_base_path: Path, tmp_path: Path, grpc_port: int) -> list
 @pytest.fixture
 def tier_from(model_base_path: Path, tmp_path: Path) -> Iterator:
     """Starts the stand-in in-process with the compose command, minus the given flags; stops it afterwards."""
-    from serving.__main__ import parse_args
-    from serving.tier import ServingTier, TierOptions
+    from serving.__main__ import parse_args, tier_options
+    from serving.tier import ServingTier
 
     tiers = []
 
     def start(without: tuple[str, ...] = ()) -> tuple[ServingTier, bool, str]:
         port = free_port()
         argv = [a for a in stand_in_argv(model_base_path, tmp_path, port) if a.split("=")[0][2:] not in without]
-        args = parse_args(argv)
-        tier = ServingTier(
-            TierOptions(
-                grpc_port=args.port,
-                rest_api_port=args.rest_api_port,
-                model_config_file=args.model_config_file,
-                model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
-                enable_batching=args.enable_batching,
-                batching_parameters_file=args.batching_parameters_file,
-                enable_per_model_batching_parameters=args.enable_per_model_batching_parameters,
-                enable_model_warmup=args.enable_model_warmup,
-                file_system_poll_wait_seconds=0,
-            )
-        )
+        tier = ServingTier(replace(tier_options(parse_args(argv)), file_system_poll_wait_seconds=0))
         tiers.append(tier)
         return tier, tier.start(), f"127.0.0.1:{port}"
 
@@ -202,15 +187,10 @@ def test_the_compose_command_serves_the_step_loop_and_generate(tier_from, chelse
         backend.close()
     assert step.top_ids.shape == (beams, 4)
 
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name, request.model_spec.signature_name = MODEL_NAME, GENERATE
     inputs = {"image_bytes": [chelsea_jpeg], "prefix": [b""], "beam_width": np.int32(3), "n_best": np.int32(2)}
     inputs |= {"max_length": np.int32(8), "length_penalty": np.float32(1.0), "no_repeat_ngram_size": np.int32(3)}
-    for name, value in inputs.items():
-        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
-    with grpc.insecure_channel(target) as channel:
-        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
-    assert tf.make_ndarray(response.outputs["text"]).shape == (1, 2)
+    with prediction_stub(target) as stub:
+        assert grpc_predict(stub, MODEL_NAME, GENERATE, inputs, timeout=60)["text"].shape == (1, 2)
 
 
 def test_without_per_model_parameters_batching_would_refuse_decode_step_and_no_version_would_load(tier_from) -> None:

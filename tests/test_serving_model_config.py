@@ -37,7 +37,7 @@ from serving.model_config import (
 from serving.model_store import ModelStore
 from serving.tier import ServingTier, TierOptions
 from serving.warmup import WARMUP_FILE, WarmupOptions
-from tests.support import free_port
+from tests.support import free_port, running_tier
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RELOAD_SECONDS = 20
@@ -213,19 +213,14 @@ def test_moving_a_label_to_a_version_not_serving_is_refused_even_with_the_flag(m
 def tier(models: Path, tmp_path: Path) -> Iterator[ServingTier]:
     config = tmp_path / "models.config"
     config.write_text(config_text(entry("captioner", models / "captioner")))
-    tier = ServingTier(
-        TierOptions(
-            grpc_port=free_port(),
-            model_config_file=str(config),
-            model_config_file_poll_wait_seconds=1,
-            file_system_poll_wait_seconds=0,
-        )
+    options = TierOptions(
+        grpc_port=free_port(),
+        model_config_file=str(config),
+        model_config_file_poll_wait_seconds=1,
+        file_system_poll_wait_seconds=0,
     )
-    assert tier.start()
-    try:
+    with running_tier(options) as tier:
         yield tier
-    finally:
-        tier.stop(0)
 
 
 @pytest.fixture

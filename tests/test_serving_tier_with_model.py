@@ -13,13 +13,12 @@ from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_service_pb2_grpc,
-    predict_pb2,
     prediction_service_pb2_grpc,
 )
 
 from gateway.backends.tfserving import TfServingBackend
 from memefly.contract import DECODE_STEP, ENCODE, METADATA, SPECIAL_TOKENS, ModelContract, signatures
-from tests.support import MODEL_NAME, encode_arrays, free_port, serving_process, wait_for_model_status
+from tests.support import MODEL_NAME, encode_arrays, predict_request, prediction_stub, serving_model
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +33,8 @@ def stub(channel) -> prediction_service_pb2_grpc.PredictionServiceStub:
 
 
 def predict(stub, signature: str, inputs: dict, name: str = MODEL_NAME, version: int | None = None):
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = name
-    request.model_spec.signature_name = signature
-    if version is not None:
-        request.model_spec.version.value = version
-    for key, value in inputs.items():
-        request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
-    return stub.Predict(request, timeout=30)
+    """The whole PredictResponse (its model spec and wire form matter here)."""
+    return stub.Predict(predict_request(name, signature, inputs, version), timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -133,16 +126,8 @@ def test_unknown_signature_is_failed_precondition_as_in_tf_serving(stub) -> None
 @pytest.fixture(scope="module")
 def packed_target(model_base_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A second tier on the same model, run as docker-compose.yml runs TF Serving: packed answers."""
-    port = free_port()
-    args = [
-        f"--port={port}",
-        f"--model_name={MODEL_NAME}",
-        f"--model_base_path={model_base_path / MODEL_NAME}",
-        "--enable_serialization_as_tensor_content=true",
-    ]
-    with serving_process(args, tmp_path_factory.mktemp("packed") / "server.log", stop_timeout=20) as process:
-        target = f"127.0.0.1:{port}"
-        wait_for_model_status(target, MODEL_NAME, process)
+    log_path = tmp_path_factory.mktemp("packed") / "server.log"
+    with serving_model(model_base_path, log_path, "--enable_serialization_as_tensor_content=true") as target:
         yield target
 
 
@@ -156,8 +141,8 @@ def test_packed_answers_carry_the_same_decode_step_as_typed_fields(
         "k": np.int32(4),
     }
     inputs["context"] = tf.make_ndarray(predict(stub, ENCODE, encode_arrays([chelsea_jpeg])).outputs["context"])
-    with grpc.insecure_channel(packed_target) as channel:
-        packed = predict(prediction_service_pb2_grpc.PredictionServiceStub(channel), DECODE_STEP, inputs)
+    with prediction_stub(packed_target) as packed_stub:
+        packed = predict(packed_stub, DECODE_STEP, inputs)
     typed = predict(stub, DECODE_STEP, inputs)
     for name in ("top_log_probs", "top_ids", "state"):
         assert packed.outputs[name].tensor_content and not typed.outputs[name].tensor_content, name

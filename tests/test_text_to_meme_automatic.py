@@ -13,10 +13,9 @@ from PIL import Image
 
 from gateway.app import create_app
 from gateway.backends.embedded import EmbeddedBackend
-from gateway.settings import Settings
 from gateway.template_picker import TemplatePicker, split_into_boxes
 from gateway.templates import TemplateStore
-from tests.support import MODEL_NAME
+from tests.support import MODEL_NAME, embedded_settings
 
 
 @pytest.mark.parametrize(
@@ -36,7 +35,7 @@ def test_text_is_split_across_the_templates_boxes(text: str, boxes: int, expecte
 
 @pytest.fixture(scope="module")
 def client(model_base_path: Path) -> Iterator[TestClient]:
-    settings = Settings(backend="embedded", model_name=MODEL_NAME, model_base_path=model_base_path)
+    settings = embedded_settings(model_base_path)
     with TestClient(create_app(settings)) as client:
         yield client
 

@@ -20,8 +20,7 @@ from gateway.app import create_app
 from gateway.backends import Condition
 from gateway.backends.embedded import EmbeddedBackend
 from gateway.backends.tfserving import TfServingBackend
-from gateway.settings import Settings
-from tests.support import MODEL_NAME, photo_jpeg
+from tests.support import MODEL_NAME, embedded_settings, photo_jpeg
 
 
 def test_every_imagenet_class_has_an_everyday_word_or_none() -> None:
@@ -90,7 +89,7 @@ def test_a_topic_is_tokenized_in_graph_and_a_plural_falls_back_to_its_singular(b
 
 @pytest.fixture(scope="module")
 def client(model_base_path: Path) -> Iterator[TestClient]:
-    settings = Settings(backend="embedded", model_name=MODEL_NAME, model_base_path=model_base_path)
+    settings = embedded_settings(model_base_path)
     with TestClient(create_app(settings)) as client:
         yield client
 
@@ -168,7 +167,7 @@ def test_a_model_exported_before_conditioning_still_captions_with_the_old_behavi
     encoding = backend.encode_rows([chelsea_jpeg, photo_jpeg("coffee")], [Condition(1, "cats"), Condition(0)])
     np.testing.assert_allclose(encoding.contexts, backend.encode([photo_jpeg("coffee"), chelsea_jpeg]), atol=1e-5)
     assert encoding.concepts == ((), ())
-    settings = Settings(backend="embedded", model_name=MODEL_NAME, model_base_path=unconditioned_base_path)
+    settings = embedded_settings(unconditioned_base_path)
     with TestClient(create_app(settings)) as client:
         files = {"image": ("c.jpg", chelsea_jpeg, "image/jpeg")}
         response = client.post("/v1/memes", files=files, headers={"Accept": "application/json"})

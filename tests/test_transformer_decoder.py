@@ -9,11 +9,12 @@ import pytest
 import tensorflow as tf
 
 from export.bundle import load_bundle, save_bundle
-from export.model import ModelConfig, build_decoder
+from export.model import CaptionModelConfig, build_decoder
 from export.saved_model import export_saved_model
 from memefly.contract import DECODE_STEP, ENCODE, METADATA, SCORE, TOKENIZE, ModelContract
 from tests.support import (
     MODEL_NAME,
+    assert_encode_and_decode_step_follow_the_contract,
     assert_score_equals_summed_decode_step_log_probs,
     assert_signatures_follow_the_contract,
     encode_kwargs,
@@ -66,27 +67,8 @@ def test_every_signature_follows_the_contract(loaded, contract: ModelContract) -
 def test_encode_decode_step_tokenize_and_score_run_with_contract_shapes(
     loaded, contract: ModelContract, vocabulary: list[str], chelsea_jpeg: bytes
 ) -> None:
-    context = loaded.signatures[ENCODE](**encode_kwargs([chelsea_jpeg, photo_jpeg("coffee")]))["context"]
-    assert context.shape == (2, *contract.context_shape)
-    assert context.dtype == tf.float32
-    assert not np.allclose(context[0], context[1]), "different photos must give different contexts"
-
-    n, k = 5, 7
-    outputs = loaded.signatures[DECODE_STEP](
-        tokens=tf.fill([n], contract.start_id),
-        state=tf.zeros([n, contract.state_size]),
-        context=context,
-        context_index=tf.constant([0, 0, 1, 1, 1]),
-        k=tf.constant(k),
-    )
-    assert outputs["top_log_probs"].shape == outputs["top_ids"].shape == (n, k)
-    assert outputs["top_ids"].dtype == tf.int32
-    assert outputs["state"].shape == (n, contract.state_size)
-    log_probs = outputs["top_log_probs"].numpy()
-    assert np.all(np.diff(log_probs, axis=1) <= 0) and np.all(log_probs <= 0)
-    np.testing.assert_allclose(log_probs[0], log_probs[1], rtol=1e-5)
-    assert not np.allclose(log_probs[0], log_probs[2])
-    assert {contract.pad_id, contract.start_id}.isdisjoint(outputs["top_ids"].numpy().ravel().tolist())
+    images = [chelsea_jpeg, photo_jpeg("coffee")]
+    context = assert_encode_and_decode_step_follow_the_contract(loaded, contract, images)
 
     text = f"{vocabulary[7]} {vocabulary[9]}\n{vocabulary[8]}"
     tokenized = loaded.signatures[TOKENIZE](text=tf.constant([text, ""]))
@@ -156,7 +138,7 @@ def test_bundle_round_trips_the_transformer(trained, tmp_path: Path, chelsea_jpe
 
 def test_an_unknown_decoder_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="unknown decoder 'lstm'; choose gru or transformer"):
-        build_decoder(ModelConfig(encoder="tiny_cnn", decoder="lstm"), 50, (32,))
+        build_decoder(CaptionModelConfig(encoder="tiny_cnn", decoder="lstm"), 50, (32,))
 
 
 def test_topic_and_style_reach_the_transformer_through_their_own_context_rows(

@@ -14,8 +14,7 @@ import pytest
 import uvicorn
 
 from gateway.app import create_app
-from gateway.settings import Settings
-from tests.support import MODEL_NAME, free_port
+from tests.support import embedded_settings, free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Without these Chromium reaches for Google's hosts, which this closed network refuses.
@@ -32,11 +31,9 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture(scope="module")
 def base_url(model_base_path: Path, tmp_path_factory: pytest.TempPathFactory):
-    settings = Settings(
-        backend="embedded",
-        model_name=MODEL_NAME,
-        model_base_path=model_base_path,
-        meme_store_dir=tmp_path_factory.mktemp("memes"),
+    settings = embedded_settings(
+        model_base_path,
+        tmp_path_factory.mktemp("memes"),
     )
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))

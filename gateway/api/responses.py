@@ -35,7 +35,7 @@ def meme_response(
             model=ModelOut(name=result.model_name, version=result.model_version, backend=meme.backend)
             if meme.backend
             else None,
-            rpcs=result.rpcs,
+            rpcs=result.model_calls,
             width=meme.width,
             height=meme.height,
             permalink=permalink,
@@ -44,5 +44,5 @@ def meme_response(
         return Response(body.model_dump_json(), media_type="application/json", headers={"Location": permalink})
     headers = {"X-Memefly-Caption": quote(" / ".join(meme.boxes)), "Location": permalink}
     if meme.backend:
-        headers |= {"X-Memefly-Model-Version": str(result.model_version), "X-Memefly-RPCs": str(result.rpcs)}
+        headers |= {"X-Memefly-Model-Version": str(result.model_version), "X-Memefly-RPCs": str(result.model_calls)}
     return Response(meme.content, media_type=meme.media_type, headers=headers)

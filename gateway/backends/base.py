@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
 from gateway.search import Hypothesis, SearchSettings
-from memefly.contract import ModelContract
+from memefly.contract import ModelContract, SignatureSpec, signatures
 
 
 class ModelUnavailableError(RuntimeError):
@@ -55,14 +56,46 @@ class Encoding:
     """Each image's concept words with their probabilities, most likely first."""
 
 
-def encode_inputs(conditions: list[Condition]) -> dict[str, np.ndarray]:
-    """The conditioned `encode` signature's row inputs (besides `image_bytes`), as NumPy arrays."""
-    return {
-        "image_index": np.array([c.image for c in conditions], np.int32),
-        "topic": np.array([c.topic.encode("utf-8") for c in conditions], object),
-        "style": np.array([c.style.encode("utf-8") for c in conditions], object),
-        "style_rank": np.array([c.style_rank for c in conditions], np.int32),
-    }
+NUMPY_DTYPES = {
+    "string": np.dtype(object),
+    "int32": np.dtype(np.int32),
+    "float32": np.dtype(np.float32),
+    "float16": np.dtype(np.float16),
+}
+"""The contract's dtype names as NumPy dtypes (strings as object arrays of bytes)."""
+
+
+def signature_specs(contract: ModelContract | None) -> dict[str, SignatureSpec]:
+    """A model's signatures by name, as its contract writes them. Before the contract is read: those of
+    a model without conditioning and with a float32 state (their tensor names and dtypes are all a call
+    needs; the shapes are not checked here)."""
+    contract = contract or ModelContract("", "", "", 0, 0, 0, 0, ())
+    return {spec.name: spec for spec in signatures(contract)}
+
+
+def signature_inputs(spec: SignatureSpec, **values: Any) -> dict[str, np.ndarray]:
+    """The inputs `spec` lists, each taken from `values` by its contract name and cast to its contract
+    dtype, in the contract's order. Values the signature does not take are left out; one it takes and
+    `values` lacks is a `KeyError`."""
+    return {tensor.name: np.asarray(values[tensor.name], NUMPY_DTYPES[tensor.dtype]) for tensor in spec.inputs}
+
+
+def signature_outputs(spec: SignatureSpec, outputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The outputs `spec` lists, by their contract names, in the contract's order."""
+    return {tensor.name: outputs[tensor.name] for tensor in spec.outputs}
+
+
+def encode_inputs(spec: SignatureSpec, images: list[bytes], conditions: list[Condition]) -> dict[str, np.ndarray]:
+    """An `encode` call's inputs as NumPy arrays: the images, and the rows of `conditions` when `spec`
+    (the contract's `encode`) takes topics and styles."""
+    return signature_inputs(
+        spec,
+        image_bytes=np.array(images, object),
+        image_index=[c.image for c in conditions],
+        topic=np.array([c.topic.encode("utf-8") for c in conditions], object),
+        style=np.array([c.style.encode("utf-8") for c in conditions], object),
+        style_rank=[c.style_rank for c in conditions],
+    )
 
 
 def _text(value: object) -> str:

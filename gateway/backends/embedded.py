@@ -17,12 +17,16 @@ from gateway.backends.base import (
     default_conditions,
     encode_inputs,
     encoding_from_outputs,
+    signature_inputs,
+    signature_outputs,
+    signature_specs,
 )
-from memefly.contract import DECODE_STEP, ENCODE, METADATA, SCORE, TOKENIZE, ModelContract
+from memefly.contract import DECODE_STEP, ENCODE, METADATA, SCORE, TOKENIZE, ModelContract, SignatureSpec
+from memefly.paths import model_versions
 
 
 def latest_version(model_dir: Path) -> int:
-    versions = [int(p.name) for p in model_dir.glob("*") if p.name.isdigit() and (p / "saved_model.pb").is_file()]
+    versions = model_versions(model_dir)
     if not versions:
         raise ModelUnavailableError(
             f"no SavedModel version under {model_dir} (expected {model_dir}/<n>/saved_model.pb)"
@@ -39,11 +43,8 @@ class EmbeddedBackend:
         self.version = latest_version(self.model_dir)
         self._loaded = tf.saved_model.load(str(self.model_dir / str(self.version)))
         self.signatures = self._loaded.signatures
-        self._encode = self._loaded.signatures[ENCODE]
-        self._decode_step = self._loaded.signatures[DECODE_STEP]
-        self._metadata = self._loaded.signatures[METADATA]
-        self._state_dtype = self._decode_step.structured_input_signature[1]["state"].dtype
-        self._conditioned = "image_index" in self._encode.structured_input_signature[1]
+        self.specs = signature_specs(self._contract())
+        """The signatures by name, as the loaded model's contract writes them."""
 
     def available_version(self) -> int:
         """The version loaded at start-up: the embedded backend serves one version per process."""
@@ -55,47 +56,47 @@ class EmbeddedBackend:
         return self
 
     def load_metadata(self) -> ModelInfo:
-        outputs = self._metadata()
-        vocabulary = tuple(word.decode("utf-8") for word in outputs["vocabulary"].numpy())
-        contract = ModelContract.from_json(outputs["contract"].numpy())
+        outputs = self._call(self.specs[METADATA], {})
+        vocabulary = tuple(word.decode("utf-8") for word in outputs["vocabulary"])
+        contract = ModelContract.from_json(outputs["contract"])
         return ModelInfo(self.model_name, self.version, vocabulary, contract)
 
     def encode(self, image_bytes: list[bytes]) -> np.ndarray:
         return self.encode_rows(image_bytes, default_conditions(len(image_bytes))).contexts
 
     def encode_rows(self, image_bytes: list[bytes], conditions: list[Condition]) -> Encoding:
-        inputs = {"image_bytes": tf.constant(image_bytes, tf.string)}
-        if self._conditioned:
-            inputs |= {name: tf.constant(value) for name, value in encode_inputs(conditions).items()}
+        spec = self.specs[ENCODE]
         try:
-            outputs = self._encode(**inputs)
+            outputs = self._call(spec, encode_inputs(spec, image_bytes, conditions))
         except tf.errors.InvalidArgumentError as error:
             raise ValueError(f"the model could not decode the image: {error.message}") from error
-        return encoding_from_outputs({name: value.numpy() for name, value in outputs.items()}, conditions)
+        return encoding_from_outputs(outputs, conditions)
 
     def tokenize(self, text: str) -> tuple[int, ...]:
-        outputs = self._loaded.signatures[TOKENIZE](text=tf.constant([text]))
-        return tuple(outputs["ids"].numpy()[0, : int(outputs["lengths"].numpy()[0])].tolist())
+        spec = self.specs[TOKENIZE]
+        outputs = self._call(spec, signature_inputs(spec, text=[text.encode("utf-8")]))
+        return tuple(outputs["ids"][0, : int(outputs["lengths"][0])].tolist())
 
     def decode_step(
         self, tokens: np.ndarray, state: np.ndarray, context: np.ndarray, context_index: np.ndarray, k: int
     ) -> DecodeStepResult:
-        outputs = self._decode_step(
-            tokens=tf.constant(tokens, tf.int32),
-            state=tf.constant(state, self._state_dtype),
-            context=tf.constant(context, tf.float32),
-            context_index=tf.constant(context_index, tf.int32),
-            k=tf.constant(k, tf.int32),
-        )
-        return DecodeStepResult(
-            outputs["top_log_probs"].numpy(), outputs["top_ids"].numpy(), outputs["state"].numpy().astype(np.float32)
-        )
+        spec = self.specs[DECODE_STEP]
+        inputs = signature_inputs(spec, tokens=tokens, state=state, context=context, context_index=context_index, k=k)
+        step = DecodeStepResult(**self._call(spec, inputs))
+        return step._replace(state=step.state.astype(np.float32))
 
     def score(self, context: np.ndarray, texts: list[str]) -> np.ndarray:
-        outputs = self._loaded.signatures[SCORE](
-            context=tf.constant(context, tf.float32), text=tf.constant(texts, tf.string)
-        )
-        return outputs["log_prob"].numpy()
+        spec = self.specs[SCORE]
+        inputs = signature_inputs(spec, context=context, text=[text.encode("utf-8") for text in texts])
+        return self._call(spec, inputs)["log_prob"]
+
+    def _contract(self) -> ModelContract:
+        return ModelContract.from_json(self.signatures[METADATA]()["contract"].numpy())
+
+    def _call(self, spec: SignatureSpec, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`spec`'s outputs, by name, for `inputs` as `signature_inputs` gives them."""
+        outputs = self.signatures[spec.name](**{name: tf.constant(value) for name, value in inputs.items()})
+        return {name: value.numpy() for name, value in signature_outputs(spec, outputs).items()}
 
     def close(self) -> None:
         self._loaded = None

@@ -43,6 +43,8 @@ from gateway.backends.base import (
     default_conditions,
     encode_inputs,
     encoding_from_outputs,
+    signature_inputs,
+    signature_specs,
 )
 from gateway.search import Hypothesis, SearchSettings
 from memefly.contract import (
@@ -50,14 +52,12 @@ from memefly.contract import (
     ENCODE,
     GENERATE,
     METADATA_REST,
-    METADATA_REST_SIGNATURE,
     SCORE,
     TOKENIZE,
     ModelContract,
+    SignatureSpec,
 )
 
-"""The proposed REST-callable twin of `metadata`: input `unused` int32 [], outputs as `metadata`."""
-METADATA_REST_INPUT = METADATA_REST_SIGNATURE.inputs[0].name
 UNPINNED_VERSION = 0
 _SIGNATURE_MISSING = "not found in signature def"
 
@@ -99,9 +99,10 @@ class SageMakerBackend:
         self._attributes = f"tfs-model-name={model_name},tfs-method=predict"
         if model_version is not None:
             self._attributes += f",tfs-model-version={model_version}"
-        self._step_signature = DECODE_STEP
+        self.specs = signature_specs(None)
+        """The signatures by name, as the contract `load_metadata` read writes them."""
+        self._step = self.specs[DECODE_STEP]
         """`decode_step`, or its float32-state twin when the model sends float16 state (not JSON-able)."""
-        self._conditioned = False
 
     def available_version(self) -> int:
         """REST answers do not say which version served them: the pin, or 0 for "whatever is served"."""
@@ -111,8 +112,9 @@ class SageMakerBackend:
         return self
 
     def load_metadata(self) -> ModelInfo:
+        spec = self.specs[METADATA_REST]
         try:
-            outputs = self._predict(METADATA_REST, {METADATA_REST_INPUT: 0})
+            outputs = self._predict(spec, signature_inputs(spec, unused=0))
         except ModelRejectedInput as error:
             if _SIGNATURE_MISSING not in error.message:
                 raise
@@ -121,11 +123,11 @@ class SageMakerBackend:
                 f"contract cannot be read over SageMaker (TF Serving's REST API cannot call the input-less "
                 f"`metadata` signature). Re-export the model with `{METADATA_REST}` ({error.message})"
             ) from error
-        vocabulary = tuple(str(word) for word in _named(outputs, "vocabulary"))
+        vocabulary = tuple(str(word) for word in outputs["vocabulary"])
         # A scalar in the signature; read as a 1-element list too, which is what the local stand-in can send today.
-        contract = ModelContract.from_json(str(np.asarray(_named(outputs, "contract")).reshape(-1)[0]))
-        self._step_signature = contract.decode_step_rest.name
-        self._conditioned = contract.conditioned
+        contract = ModelContract.from_json(str(np.asarray(outputs["contract"]).reshape(-1)[0]))
+        self.specs = signature_specs(contract)
+        self._step = self.specs[contract.decode_step_rest.name]
         version = UNPINNED_VERSION if self.model_version is None else self.model_version
         return ModelInfo(self.model_name, version, vocabulary, contract)
 
@@ -133,57 +135,47 @@ class SageMakerBackend:
         return self.encode_rows(image_bytes, default_conditions(len(image_bytes))).contexts
 
     def encode_rows(self, image_bytes: list[bytes], conditions: list[Condition]) -> Encoding:
-        inputs: dict[str, Any] = {
-            "image_bytes": [{"b64": base64.b64encode(image).decode("ascii")} for image in image_bytes]
-        }
-        if self._conditioned:
-            inputs |= {
-                name: [v.decode("utf-8") if isinstance(v, bytes) else int(v) for v in value]
-                for name, value in encode_inputs(conditions).items()
-            }
+        spec = self.specs[ENCODE]
         try:
-            outputs = self._predict(ENCODE, inputs)
+            outputs = self._predict(spec, encode_inputs(spec, image_bytes, conditions))
         except ModelRejectedInput as error:
             raise ValueError(f"the model could not decode the image: {error.message}") from error
-        if not isinstance(outputs, dict):
-            outputs = {"context": outputs}
         return encoding_from_outputs({name: np.asarray(value) for name, value in outputs.items()}, conditions)
 
     def tokenize(self, text: str) -> tuple[int, ...]:
-        outputs = self._predict(TOKENIZE, {"text": [text]})
-        ids = np.asarray(_named(outputs, "ids"), np.int32).reshape(1, -1)[0]
-        length = int(np.asarray(_named(outputs, "lengths"), np.int32).reshape(-1)[0])
+        spec = self.specs[TOKENIZE]
+        outputs = self._predict(spec, signature_inputs(spec, text=[text.encode("utf-8")]))
+        ids = np.asarray(outputs["ids"], np.int32).reshape(1, -1)[0]
+        length = int(np.asarray(outputs["lengths"], np.int32).reshape(-1)[0])
         return tuple(ids[:length].tolist())
 
     def decode_step(
         self, tokens: np.ndarray, state: np.ndarray, context: np.ndarray, context_index: np.ndarray, k: int
     ) -> DecodeStepResult:
-        outputs = self._predict(
-            self._step_signature,
-            {
-                "tokens": np.asarray(tokens, np.int32).tolist(),
-                # float32 → Python float is exact, and JSON writes the shortest text that reads back the same.
-                "state": np.asarray(state, np.float32).tolist(),
-                "context": np.asarray(context, np.float32).tolist(),
-                "context_index": np.asarray(context_index, np.int32).tolist(),
-                "k": int(k),
-            },
+        inputs = signature_inputs(
+            self._step, tokens=tokens, state=state, context=context, context_index=context_index, k=k
         )
+        outputs = self._predict(self._step, inputs)
         return DecodeStepResult(
-            np.asarray(_named(outputs, "top_log_probs"), np.float32),
-            np.asarray(_named(outputs, "top_ids"), np.int32),
-            np.asarray(_named(outputs, "state"), np.float32),
+            np.asarray(outputs["top_log_probs"], np.float32),
+            np.asarray(outputs["top_ids"], np.int32),
+            np.asarray(outputs["state"], np.float32),
         )
 
     def score(self, context: np.ndarray, texts: list[str]) -> np.ndarray:
-        outputs = self._predict(SCORE, {"context": np.asarray(context, np.float32).tolist(), "text": list(texts)})
-        return np.asarray(_named(outputs, "log_prob"), np.float32).reshape(-1)
+        spec = self.specs[SCORE]
+        outputs = self._predict(spec, signature_inputs(spec, context=context, text=[t.encode("utf-8") for t in texts]))
+        return np.asarray(outputs["log_prob"], np.float32).reshape(-1)
 
     def close(self) -> None:
         self._client.close()
 
-    def _predict(self, signature: str, inputs: dict[str, Any]) -> Any:
-        body = json.dumps({"signature_name": signature, "inputs": inputs}, separators=(",", ":"))
+    def _predict(self, spec: SignatureSpec, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        """`spec`'s outputs (JSON values), by name, for `inputs` as `signature_inputs` gives them: TF Serving's
+        columnar JSON, with `*_bytes` strings as `{"b64": ...}`."""
+        signature = spec.name
+        columns = {name: _json_value(name, value) for name, value in inputs.items()}
+        body = json.dumps({"signature_name": signature, "inputs": columns}, separators=(",", ":"))
         try:
             response = self._client.invoke_endpoint(
                 EndpointName=self.endpoint_name,
@@ -198,7 +190,9 @@ class SageMakerBackend:
         except BotoCoreError as error:  # connection refused, timeouts, no credentials
             raise ModelUnavailableError(f"endpoint {self.endpoint_name}: {error}") from error
         try:
-            return json.loads(answer)["outputs"]
+            outputs = json.loads(answer)["outputs"]
+            # TF Serving's columnar answer drops the names when a signature has a single output.
+            return {t.name: outputs[t.name] if isinstance(outputs, dict) else outputs for t in spec.outputs}
         except (ValueError, KeyError, TypeError) as error:
             raise ModelUnavailableError(
                 f"endpoint {self.endpoint_name} answered {signature} with {response.get('ContentType')!r} "
@@ -227,17 +221,19 @@ class SageMakerGenerateBackend(SageMakerBackend):
     ) -> list[Hypothesis]:
         """The n best captions of one image, best first, by the gateway's search rules, in one call (with
         styles: `captions` captions, one a style)."""
-        inputs = {
-            "image_bytes": [{"b64": base64.b64encode(image_jpeg).decode("ascii")}],
-            "prefix": [prefix if prefix.strip() else ""],
-            "beam_width": settings.beam_width,
-            "n_best": captions or settings.n_best,
-            "max_length": settings.max_length,
-            "length_penalty": settings.length_penalty,
-            "no_repeat_ngram_size": settings.no_repeat_ngram_size,
-        }
+        spec = self.specs[GENERATE]
+        inputs = signature_inputs(
+            spec,
+            image_bytes=[image_jpeg],
+            prefix=[(prefix if prefix.strip() else "").encode("utf-8")],
+            beam_width=settings.beam_width,
+            n_best=captions or settings.n_best,
+            max_length=settings.max_length,
+            length_penalty=settings.length_penalty,
+            no_repeat_ngram_size=settings.no_repeat_ngram_size,
+        )
         try:
-            outputs = self._predict(GENERATE, inputs)
+            outputs = self._predict(spec, inputs)
         except ModelRejectedInput as error:
             if _SIGNATURE_MISSING not in error.message:
                 raise
@@ -253,9 +249,17 @@ class SageMakerGenerateBackend(SageMakerBackend):
         ]
 
 
-def _named(outputs: Any, name: str) -> Any:
-    """TF Serving's columnar answer drops the names when a signature has a single output."""
-    return outputs[name] if isinstance(outputs, dict) else outputs
+def _json_value(name: str, value: np.ndarray) -> Any:
+    """One input as TF Serving's REST JSON: binary strings (`*_bytes`) as `{"b64": ...}`, other strings as
+    text, numbers as they are (float32 → Python float is exact, and JSON writes the shortest text that reads
+    back the same)."""
+    if value.ndim == 0 and value.dtype.kind == "f":
+        return float(str(value))  # a float32 setting as it was written (0.7, not 0.699999988079071)
+    if value.dtype != object:
+        return value.tolist()
+    if name.endswith("_bytes"):
+        return [{"b64": base64.b64encode(item).decode("ascii")} for item in value.tolist()]
+    return [item.decode("utf-8") for item in value.tolist()]
 
 
 def _tf_serving_message(original: str) -> str:

@@ -24,9 +24,12 @@ from gateway.backends.base import (
     default_conditions,
     encode_inputs,
     encoding_from_outputs,
+    signature_inputs,
+    signature_outputs,
+    signature_specs,
 )
 from gateway.tensors import array_to_proto, proto_to_array, strings_to_proto
-from memefly.contract import DECODE_STEP, ENCODE, METADATA, SCORE, TOKENIZE, ModelContract
+from memefly.contract import DECODE_STEP, ENCODE, METADATA, SCORE, TOKENIZE, ModelContract, SignatureSpec
 
 # Predict is idempotent, so a call that found the server unavailable is retried by grpc itself,
 # bounded and with jittered backoff; every other failure reaches the caller at once. The throttle
@@ -60,10 +63,8 @@ class TfServingBackend:
         self.model_name = model_name
         self.timeout_seconds = timeout_seconds
         self.version: int | None = None
-        self.state_dtype = np.dtype(np.float32)
-        """What `decode_step` takes as state, from the contract `load_metadata` read."""
-        self.conditioned = False
-        """Whether `encode` takes topics and styles, from the contract `load_metadata` read."""
+        self.specs = signature_specs(None)
+        """The signatures by name, as the contract `load_metadata` read writes them."""
         self._channel = grpc.insecure_channel(
             target,
             options=[
@@ -105,14 +106,20 @@ class TfServingBackend:
             raise ModelUnavailableError(f"TF Serving at {self.target}: no version of {self.model_name} is available")
         return max(available)
 
-    def _predict(self, signature: str, inputs: dict) -> predict_pb2.PredictResponse:
+    def _predict(self, spec: SignatureSpec, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`spec`'s outputs for `inputs` (as `signature_inputs` gives them), by name."""
+        return _arrays(spec, self._call(spec, inputs))
+
+    def _call(self, spec: SignatureSpec, inputs: dict[str, np.ndarray]) -> predict_pb2.PredictResponse:
         request = predict_pb2.PredictRequest()
         request.model_spec.name = self.model_name
-        request.model_spec.signature_name = signature
+        request.model_spec.signature_name = spec.name
         if self.version is not None:
             request.model_spec.version.value = self.version
-        for name, proto in inputs.items():
-            request.inputs[name].CopyFrom(proto)
+        for name, value in inputs.items():
+            request.inputs[name].CopyFrom(
+                strings_to_proto(list(value)) if value.dtype == object else array_to_proto(value)
+            )
         try:
             return self._stub.Predict(request, timeout=self.timeout_seconds)
         except grpc.RpcError as error:
@@ -125,60 +132,42 @@ class TfServingBackend:
 
     def load_metadata(self) -> ModelInfo:
         """The metadata of the version that answers (the latest unless this view is pinned)."""
-        response = self._predict(METADATA, {})
-        vocabulary = tuple(word.decode("utf-8") for word in proto_to_array(response.outputs["vocabulary"]))
-        contract = ModelContract.from_json(proto_to_array(response.outputs["contract"]).item())
-        self.state_dtype = np.dtype(contract.state_dtype)
-        self.conditioned = contract.conditioned
+        spec = self.specs[METADATA]
+        response = self._call(spec, {})
+        outputs = _arrays(spec, response)
+        vocabulary = tuple(word.decode("utf-8") for word in outputs["vocabulary"])
+        contract = ModelContract.from_json(outputs["contract"].item())
+        self.specs = signature_specs(contract)
         return ModelInfo(self.model_name, response.model_spec.version.value, vocabulary, contract)
 
     def encode(self, image_bytes: list[bytes]) -> np.ndarray:
         return self.encode_rows(image_bytes, default_conditions(len(image_bytes))).contexts
 
     def encode_rows(self, image_bytes: list[bytes], conditions: list[Condition]) -> Encoding:
-        inputs = {"image_bytes": strings_to_proto(image_bytes)}
-        if self.conditioned:
-            for name, value in encode_inputs(conditions).items():
-                inputs[name] = strings_to_proto(list(value)) if value.dtype == object else array_to_proto(value)
-        response = self._predict(ENCODE, inputs)
-        return encoding_from_outputs(
-            {name: proto_to_array(proto) for name, proto in response.outputs.items()}, conditions
-        )
+        spec = self.specs[ENCODE]
+        return encoding_from_outputs(self._predict(spec, encode_inputs(spec, image_bytes, conditions)), conditions)
 
     def tokenize(self, text: str) -> tuple[int, ...]:
-        response = self._predict(TOKENIZE, {"text": strings_to_proto([text.encode("utf-8")])})
-        ids = proto_to_array(response.outputs["ids"])[0]
-        return tuple(ids[: int(proto_to_array(response.outputs["lengths"])[0])].tolist())
+        spec = self.specs[TOKENIZE]
+        outputs = self._predict(spec, signature_inputs(spec, text=[text.encode("utf-8")]))
+        return tuple(outputs["ids"][0][: int(outputs["lengths"][0])].tolist())
 
     def decode_step(
         self, tokens: np.ndarray, state: np.ndarray, context: np.ndarray, context_index: np.ndarray, k: int
     ) -> DecodeStepResult:
-        response = self._predict(
-            DECODE_STEP,
-            {
-                "tokens": array_to_proto(np.asarray(tokens, np.int32)),
-                "state": array_to_proto(np.asarray(state, self.state_dtype)),
-                "context": array_to_proto(np.asarray(context, np.float32)),
-                "context_index": array_to_proto(np.asarray(context_index, np.int32)),
-                "k": array_to_proto(np.int32(k)),
-            },
-        )
-        outputs = response.outputs
-        return DecodeStepResult(
-            proto_to_array(outputs["top_log_probs"]),
-            proto_to_array(outputs["top_ids"]),
-            proto_to_array(outputs["state"]).astype(np.float32),
-        )
+        spec = self.specs[DECODE_STEP]
+        inputs = signature_inputs(spec, tokens=tokens, state=state, context=context, context_index=context_index, k=k)
+        step = DecodeStepResult(**self._predict(spec, inputs))
+        return step._replace(state=step.state.astype(np.float32))
 
     def score(self, context: np.ndarray, texts: list[str]) -> np.ndarray:
-        response = self._predict(
-            SCORE,
-            {
-                "context": array_to_proto(np.asarray(context, np.float32)),
-                "text": strings_to_proto([text.encode("utf-8") for text in texts]),
-            },
-        )
-        return proto_to_array(response.outputs["log_prob"])
+        spec = self.specs[SCORE]
+        inputs = signature_inputs(spec, context=context, text=[text.encode("utf-8") for text in texts])
+        return self._predict(spec, inputs)["log_prob"]
 
     def close(self) -> None:
         self._channel.close()
+
+
+def _arrays(spec: SignatureSpec, response: predict_pb2.PredictResponse) -> dict[str, np.ndarray]:
+    return {name: proto_to_array(proto) for name, proto in signature_outputs(spec, response.outputs).items()}
