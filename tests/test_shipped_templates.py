@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -48,9 +49,13 @@ def test_a_templates_dir_setting_points_the_gateway_elsewhere(tmp_path: Path, mo
 
 
 def test_an_installed_wheel_finds_the_shipped_data_through_importlib_resources(tmp_path: Path) -> None:
+    # Built from a copy: setuptools' build/ folder in the checkout could hold files no longer there.
+    source = tmp_path / "source"
+    skip = (".git", ".venv", "models", "var", "build", "dist", "data", "*.egg-info", "__pycache__", ".*_cache")
+    shutil.copytree(REPO_ROOT, source, ignore=shutil.ignore_patterns(*skip))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),
-         str(REPO_ROOT)],
+         str(source)],
         check=True, capture_output=True,
     )  # fmt: skip
     wheel = next(tmp_path.glob("memefly-*.whl"))
