@@ -2,7 +2,8 @@
 # Both create the virtual environment from nothing on first use.
 
 PYTHON ?= python3
-VENV := .venv
+# VENV=<folder> runs the targets with an existing virtual environment (the lone-clone test does).
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MODEL_NAME ?= memefly
@@ -23,7 +24,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export MEMEFLY_MODEL_NAME := $(MODEL_NAME)
 export MEMEFLY_MODEL_BASE_PATH := $(abspath $(MODEL_BASE_PATH))
 
-.PHONY: venv model train evaluate run serve-local run-two-tier test soak bench lint format clean deploy-plan deploy destroy model-archive
+.PHONY: venv data model train evaluate run serve-local run-two-tier test soak bench lint format clean deploy-plan deploy destroy model-archive
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +45,12 @@ model: $(STAMP)
 	else \
 		$(BIN)/memefly build-model --preset $(PRESET) --model-base-path $(MODEL_BASE_PATH); \
 	fi
+
+# The meme data set for training and evaluation: ../shared/data/memes (or $$MEMEFLY_DATA_DIR) when it is
+# there, else built into data/memes from its pinned public sources (export/sources.json); offline, it says
+# which files are missing and where to put them. `make run` and `make test` do not need it.
+data: $(STAMP)
+	$(BIN)/memefly data
 
 # Trains the default model (about 30 minutes on 2 CPU cores) into the bundle folder.
 train: $(STAMP)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from memefly.paths import DEFAULT_DATA_DIR, DEFAULT_MODEL_BASE_PATH, DEFAULT_MODEL_NAME
+from memefly.paths import DEFAULT_MODEL_BASE_PATH, DEFAULT_MODEL_NAME
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -24,8 +24,9 @@ def main(
     ] = DEFAULT_MODEL_BASE_PATH,
     model_name: Annotated[str, typer.Option(envvar="MEMEFLY_MODEL_NAME")] = DEFAULT_MODEL_NAME,
     data_dir: Annotated[
-        Path, typer.Option(envvar="MEMEFLY_DATA_DIR", help="meme data set, for the template images")
-    ] = DEFAULT_DATA_DIR,
+        Path | None,
+        typer.Option(envvar="MEMEFLY_DATA_DIR", help="template images and layouts; default: the shipped templates"),
+    ] = None,
     mode: Annotated[
         list[int] | None,
         typer.Option(help="run only these modes (repeatable; 1 runs in-process and over REST JSON); default 1-7"),

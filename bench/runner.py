@@ -29,8 +29,7 @@ from bench.serving_tier import free_port, local_serving_tier, wait_until_availab
 from bench.wire import CallLedger, CountingInProcessBackend, CountingTfServingBackend, wire_proposals
 from bench.workload import BenchImage, SearchConfig, load_images
 from gateway.backends.base import ModelInfo
-from gateway.templates import TemplateStore
-from memefly.paths import DEFAULT_DATA_DIR
+from gateway.templates import TemplateStore, shipped_templates_dir
 
 if TYPE_CHECKING:
     import numpy as np
@@ -66,7 +65,8 @@ class BenchOptions:
     model_base_path: Path
     out_dir: Path
     model_name: str = "memefly"
-    data_dir: Path = DEFAULT_DATA_DIR
+    data_dir: Path | None = None
+    """Template images and layouts (the data set's format); None: the shipped templates."""
     modes: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7)
     concurrencies: tuple[int, ...] = (1, 4, 16, 64)
     rounds: int = 3
@@ -285,7 +285,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
                             report.unavailable_row(7, TITLES[7], "gRPC", c, reason) for c in options.concurrencies
                         )
                         continue
-                    templates = TemplateStore(options.data_dir).all()
+                    templates = TemplateStore(options.data_dir or shipped_templates_dir()).all()
                     mode = grpc_mode(
                         lambda backend, ledger, templates=templates: AutomaticMode(backend, info, templates)
                     )

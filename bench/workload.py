@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.images import model_input, open_upload
-from memefly.paths import DEFAULT_DATA_DIR
+from gateway.templates import shipped_templates_dir
 
 PHOTOS = ("chelsea", "astronaut", "coffee", "rocket")
 """skimage.data photos: real pictures no template was drawn from."""
@@ -42,8 +42,10 @@ def _photo_png(name: str) -> bytes:
     return buffer.getvalue()
 
 
-def load_images(data_dir: Path = DEFAULT_DATA_DIR) -> list[BenchImage]:
-    """The fixed image set, prepared exactly as the gateway prepares an upload."""
+def load_images(data_dir: Path | None = None) -> list[BenchImage]:
+    """The fixed image set, prepared exactly as the gateway prepares an upload; the template images from
+    `data_dir` (a folder in the data set's format), by default the shipped templates."""
+    data_dir = data_dir or shipped_templates_dir()
     uploads = [(name, _photo_png(name)) for name in PHOTOS]
     uploads += [(name, (data_dir / "templates" / f"{name}.jpg").read_bytes()) for name in TEMPLATES]
     return [BenchImage(name, model_input(open_upload(raw), MODEL_INPUT_MAX_SIDE)) for name, raw in uploads]

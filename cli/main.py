@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -16,6 +18,28 @@ app = typer.Typer(help="memefly: photo in, meme out.", no_args_is_help=True)
 DataDirOption = Annotated[
     Path | None, typer.Option(help="meme data set; default $MEMEFLY_DATA_DIR or ../shared/data/memes")
 ]
+
+
+@contextlib.contextmanager
+def _needs_corpus() -> Iterator[None]:
+    """Stops the command with the data set's own message (what is missing, `make data`) instead of a trace."""
+    from export.data import DataMissingError
+
+    try:
+        yield
+    except DataMissingError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def data(data_dir: DataDirOption = None) -> None:
+    """Make sure the meme data set is there: use it when present, else build it from its pinned public
+    sources (export/sources.json); offline, say what is missing and where to put it."""
+    from export.sources import prepare_data
+
+    with _needs_corpus():
+        prepare_data(data_dir)
 
 
 @app.command("build-model")
@@ -35,7 +59,8 @@ def build_model(
         from export.data import data_dir as resolve_data_dir
         from export.train import build_model as build
 
-        path = build(preset, resolve_data_dir(data_dir), model_base_path, version)
+        with _needs_corpus():
+            path = build(preset, resolve_data_dir(data_dir), model_base_path, version)
     typer.echo(f"exported {path}")
 
 
@@ -62,7 +87,8 @@ def train(
 
         train_config = replace(train_config, epochs=epochs)
     work_dir = work_dir or REPO_ROOT / "var" / "train" / preset
-    result = run_training(model_config, train_config, resolve_data_dir(data_dir), work_dir)
+    with _needs_corpus():
+        result = run_training(model_config, train_config, resolve_data_dir(data_dir), work_dir)
     save_bundle(result, bundle_dir)
     typer.echo(f"bundle written to {bundle_dir}; validation perplexity {result.history['val_perplexity']}")
 
@@ -79,9 +105,10 @@ def evaluate(
     from evaluation.model_card import write_model_card
     from export.data import data_dir as resolve_data_dir
 
-    report = run_evaluation(
-        bundle_dir, resolve_data_dir(data_dir), contact_sheet=(out_dir or bundle_dir) / "contact_sheet.png"
-    )
+    with _needs_corpus():
+        report = run_evaluation(
+            bundle_dir, resolve_data_dir(data_dir), contact_sheet=(out_dir or bundle_dir) / "contact_sheet.png"
+        )
     write_reports(report, out_dir or bundle_dir)
     if out_dir is None or out_dir == bundle_dir:
         typer.echo(f"wrote {write_model_card(bundle_dir)}")
@@ -146,7 +173,7 @@ def generate(
 
 @app.command()
 def templates(
-    templates_dir: Annotated[Path | None, typer.Option(help="default: the meme data set")] = None,
+    templates_dir: Annotated[Path | None, typer.Option(help="default: the shipped templates")] = None,
 ) -> None:
     """List the known meme templates: id, boxes, name."""
     from gateway.settings import Settings
@@ -161,7 +188,12 @@ def _sample_image(templates_dir: Path | None) -> str:
     from gateway.templates import TemplateStore
 
     template = TemplateStore(templates_dir).get("buzz")
-    return str(template.image_path) if template else "photo.jpg"
+    if template is None:
+        return "photo.jpg"
+    try:
+        return str(template.image_path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(template.image_path)
 
 
 @app.command()

@@ -11,9 +11,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from memefly.paths import DEFAULT_DATA_DIR
+from memefly.paths import DEFAULT_DATA_DIR, REPO_ROOT
 
 DATA_DIR_ENV = "MEMEFLY_DATA_DIR"
+BUILT_DATA_DIR = REPO_ROOT / "data" / "memes"
+"""Where `make data` builds the data set from its public sources when there is no `../shared/data/memes`."""
+CAPTIONS_FILE = "captions.jsonl.gz"
 
 
 class DataMissingError(FileNotFoundError):
@@ -37,13 +40,30 @@ class Caption:
     boxes: tuple[str, ...]
 
 
-def data_dir(path: str | os.PathLike | None = None) -> Path:
-    """The data set folder: `path`, else $MEMEFLY_DATA_DIR, else `../shared/data/memes`."""
-    folder = Path(path or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
-    if not (folder / "templates.json").is_file():
+def configured_data_dir(path: str | os.PathLike | None = None) -> Path:
+    """Where the data set should be: `path`, else $MEMEFLY_DATA_DIR, else `../shared/data/memes` when that
+    folder exists, else `data/memes` in the repository (what `make data` builds offline from ../shared)."""
+    if path or os.environ.get(DATA_DIR_ENV):
+        return Path(path or os.environ[DATA_DIR_ENV])
+    return DEFAULT_DATA_DIR if DEFAULT_DATA_DIR.is_dir() else BUILT_DATA_DIR
+
+
+def missing_data(folder: Path, captions: bool = True) -> list[str]:
+    """The data set files that `folder` lacks (empty: it is complete)."""
+    wanted = ["templates.json"] + ([CAPTIONS_FILE] if captions else [])
+    return [name for name in wanted if not (folder / name).is_file()]
+
+
+def data_dir(path: str | os.PathLike | None = None, *, captions: bool = True) -> Path:
+    """The data set folder (see `configured_data_dir`), with its templates.json and, unless `captions` is
+    false, its caption corpus; `DataMissingError` says what is missing and how to get it."""
+    folder = configured_data_dir(path)
+    missing = missing_data(folder, captions)
+    if missing:
         raise DataMissingError(
-            f"meme data set not found at {folder} (no templates.json); "
-            f"set {DATA_DIR_ENV} to the folder that holds templates.json and captions.jsonl.gz"
+            f"meme data set not found at {folder} (no {' or '.join(missing)}): run `make data` to build it "
+            f"from its public sources, or set {DATA_DIR_ENV} to the folder that holds templates.json and "
+            f"{CAPTIONS_FILE} (for example ../shared/data/memes)"
         )
     return folder
 

@@ -28,7 +28,7 @@ from export.conditioning import (
     content_word_mask,
     topic_candidates,
 )
-from export.data import Caption, MemeTemplate, iter_captions, load_templates, split_by_template
+from export.data import Caption, DataMissingError, MemeTemplate, iter_captions, load_templates, split_by_template
 from export.model import CaptionModelConfig, build_decoder, build_encoder
 from export.saved_model import CaptionModule, caption_module, export_saved_model
 from export.tokenizer import Tokenizer, build_vocabulary, caption_text, write_vocabulary
@@ -284,6 +284,8 @@ def training_split(
 ) -> tuple[list[MemeTemplate], list[Caption], list[Caption]]:
     """The templates, training captions and validation captions a training run uses."""
     templates, captions = select_captions(list(iter_captions(data_folder)), load_templates(data_folder), train_config)
+    if not captions:
+        raise DataMissingError(f"no captions to train on in {data_folder}: its caption corpus is empty")
     train_captions, validation_captions = split_by_template(
         captions, train_config.validation_fraction, model_config.seed
     )

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from memefly.paths import DEFAULT_DATA_DIR, DEFAULT_MODEL_BASE_PATH, DEFAULT_MODEL_NAME, REPO_ROOT
+from gateway.templates import shipped_templates_dir
+from memefly.paths import DEFAULT_MODEL_BASE_PATH, DEFAULT_MODEL_NAME, REPO_ROOT
+
+
+def default_templates_dir() -> Path:
+    """The templates the product ships, unless $MEMEFLY_DATA_DIR names a data set with its own templates."""
+    data_dir = os.environ.get("MEMEFLY_DATA_DIR")
+    if data_dir and (Path(data_dir) / "templates.json").is_file():
+        return Path(data_dir)
+    return shipped_templates_dir()
 
 
 class Settings(BaseSettings):
@@ -57,8 +67,9 @@ class Settings(BaseSettings):
     log_json: bool = True
     """One JSON object a line with the request id; false: plain text lines (still with the id)."""
 
-    templates_dir: Path | None = DEFAULT_DATA_DIR
-    """A folder in the meme data set's format (templates.json + templates/); none → no templates."""
+    templates_dir: Path | None = Field(default_factory=default_templates_dir)
+    """A folder in the meme data set's format (templates.json + templates/); default: the shipped templates
+    (gateway/meme_templates), or $MEMEFLY_DATA_DIR's when set; none → no templates."""
     meme_store_dir: Path = REPO_ROOT / "var" / "memes"
     """Where permalinked memes are kept when no S3 bucket is set."""
     meme_store_s3_bucket: str | None = None

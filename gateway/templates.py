@@ -1,17 +1,33 @@
 """Known meme templates: blank images with their text-box layouts, read from a folder in the data
-set's format (`templates.json` + `templates/<id>.jpg`)."""
+set's format (`templates.json` + `templates/<id>.jpg`). The product ships one such folder as package data
+(`gateway/meme_templates/`, made by `python -m export.ship_templates`)."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import io
 import json
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from PIL import Image
 
 from gateway.render import TextBox
+
+SHIPPED_TEMPLATES_SOURCE = Path(__file__).resolve().parent / "meme_templates"
+"""Where the shipped templates live in a checkout (what `export.ship_templates` writes)."""
+
+
+@functools.cache
+def shipped_templates_dir() -> Path:
+    """The shipped templates folder, found through the installed package (importlib.resources): the package
+    folder itself in a checkout or a normal install, a temporary copy kept until exit for a zipped one."""
+    stack = contextlib.ExitStack()
+    atexit.register(stack.close)
+    return stack.enter_context(resources.as_file(resources.files("gateway").joinpath("meme_templates")))
 
 
 @dataclass(frozen=True)

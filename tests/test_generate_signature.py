@@ -21,6 +21,9 @@ from memefly.contract import DECODE_STEP, ENCODE, GENERATE, METADATA, TOKENIZE, 
 from memefly.text import ids_to_boxes
 from tests.support import MODEL_NAME, photo_jpeg
 
+# Every test here runs a model trained on the caption corpus (some reach it through request.getfixturevalue).
+pytestmark = pytest.mark.corpus
+
 
 @dataclass(frozen=True)
 class Model:

@@ -16,7 +16,7 @@ from PIL import Image
 from skimage import data
 
 from gateway.render import TextBox, render_meme
-from gateway.templates import TemplateStore
+from gateway.templates import TemplateStore, shipped_templates_dir
 
 GOLDEN = Path(__file__).parent / "golden"
 REGENERATE = os.environ.get("MEMEFLY_REGENERATE_GOLDEN") == "1"
@@ -27,8 +27,8 @@ def photo(name: str, width: int = 320) -> Image.Image:
     return image.resize((width, round(image.height * width / image.width)), Image.Resampling.LANCZOS)
 
 
-def cases(data_folder: Path) -> dict[str, tuple[Image.Image, list[str], list[TextBox] | None]]:
-    drake = TemplateStore(data_folder).get("drake")
+def cases() -> dict[str, tuple[Image.Image, list[str], list[TextBox] | None]]:
+    drake = TemplateStore(shipped_templates_dir()).get("drake")
     template = Image.open(drake.image_path).convert("RGB")
     template = template.resize((320, round(template.height * 320 / template.width)), Image.Resampling.LANCZOS)
     return {
@@ -43,8 +43,8 @@ def cases(data_folder: Path) -> dict[str, tuple[Image.Image, list[str], list[Tex
 
 
 @pytest.mark.parametrize("name", ["top_bottom", "long_single_box", "template_layout", "lowercase_left"])
-def test_rendering_matches_the_golden_image(name: str, data_folder: Path) -> None:
-    image, boxes, layout = cases(data_folder)[name]
+def test_rendering_matches_the_golden_image(name: str) -> None:
+    image, boxes, layout = cases()[name]
     rendered = Image.open(io.BytesIO(render_meme(image, boxes, layout, uppercase=name != "lowercase_left")))
     path = GOLDEN / f"{name}.png"
     if REGENERATE:
