@@ -77,7 +77,10 @@ def serving_targets(path: Path = DECLARATIONS) -> tuple[Target, ...]:
 
 
 def serving_target(name: str, path: Path = DECLARATIONS) -> Target:
-    return next(target for target in serving_targets(path) if target.name == name)
+    for target in serving_targets(path):
+        if target.name == name:
+            return target
+    raise ValueError(f"no target {name!r}: the targets are {', '.join(_VARIABLES)}")
 
 
 def export_tensorflow(path: Path = DECLARATIONS) -> str:
