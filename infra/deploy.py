@@ -26,6 +26,7 @@ from infra.iam import ensure_role
 from infra.model_archive import (
     INFERENCE_SCRIPT,
     ModelArchive,
+    archive_version_digests,
     available_versions,
     build_model_archive,
     newest_version,
@@ -44,6 +45,7 @@ from infra.settings import DeploySettings
 from infra.storage import ensure_bucket, ensure_model_object
 from infra.tfs_image import inference_image_uri
 from infra.tfs_image import repository_arn as tfs_repository_arn
+from memefly.serving_targets import SAGEMAKER, NotCheckedError, require_checked, serving_target
 
 
 def model_archive(stack: Stack, workdir: Path) -> tuple[ModelArchive, int]:
@@ -67,6 +69,15 @@ def model_archive(stack: Stack, workdir: Path) -> tuple[ModelArchive, int]:
     stack.report.echo(
         f"          {archive.path}: {archive.model_name} versions {versions}; gateways use version {target}"
     )
+    # Every version in the archive is loaded by the new fleet: each must have passed the check.
+    sagemaker = serving_target(SAGEMAKER)
+    try:
+        require_checked(
+            settings.serving_checks_dir, archive.model_name, archive_version_digests(archive.path), sagemaker
+        )
+    except NotCheckedError as error:
+        raise DeployError(str(error)) from error
+    stack.report.echo(f"          versions {versions} passed the serving check with TensorFlow {sagemaker.tensorflow}")
     if deployed and max(deployed) != target and max(deployed) not in archive.versions:
         stack.report.echo(
             f"          warning: version {max(deployed)} (served now) is not in the archive: gateways pinned to it "
@@ -93,7 +104,7 @@ def run(settings: DeploySettings, apply: bool, echo: Callable[[str], None] = pri
     report.step("gateway image")
     gateway_image = ensure_gateway_image(stack)
     model_image = settings.model_image_uri or inference_image_uri(
-        aws.region, settings.tfs_version, settings.instance_type
+        aws.region, serving_target(SAGEMAKER).tensorflow, settings.instance_type
     )
 
     report.step("IAM roles")
