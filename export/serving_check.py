@@ -204,7 +204,10 @@ def check_version(
                 f"({DECLARATIONS.name})"
             )
         if problems:
-            raise CheckError(f"{version_dir} does not answer with the export's own TensorFlow: {'; '.join(problems)}")
+            raise CheckError(
+                f"{version_dir} does not load and answer TF Serving's way even with the export's own TensorFlow "
+                f"{reference['tensorflow']}: {'; '.join(problems)}"
+            )
         echo(
             f"{model_name} version {version} (content {digest[:12]}), written by TensorFlow "
             f"{', '.join(reference['ops']['written_by'])}: {len(reference['ops']['ops'])} op types "
