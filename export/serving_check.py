@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -175,7 +176,7 @@ def check_version(
     targets: tuple[Target, ...],
     checks_dir: Path,
     venv_root: Path,
-    echo=print,
+    echo: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Checks one version against every target release; writes and returns one record per release."""
     digest = version_digest(version_dir)
@@ -262,9 +263,12 @@ def check_version(
 
 
 def _versions(model_dir: Path, versions: list[int] | None) -> list[int]:
-    from infra.model_archive import newest_version
-
-    return sorted(set(versions)) if versions else [newest_version(model_dir)]
+    if versions:
+        return sorted(set(versions))
+    found = [int(p.name) for p in model_dir.glob("*") if p.name.isdigit() and (p / "saved_model.pb").is_file()]
+    if not found:
+        raise FileNotFoundError(f"no SavedModel version under {model_dir}: `make model` builds one")
+    return [max(found)]
 
 
 def main(argv: list[str] | None = None) -> int:
