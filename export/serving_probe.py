@@ -24,6 +24,7 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,8 @@ SERVE_TAG = "serve"
 PYTHON_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
 """Registered in every pip release, but they call back into Python, which tensorflow_model_server has not."""
 TOPIC = "monday morning meetings"
+Call = tuple[str, str, dict[str, np.ndarray]]
+"""(call name, signature name, inputs)."""
 
 
 def encode_tensor(value: np.ndarray) -> str:
@@ -121,7 +124,7 @@ def _strings(values: list[bytes] | list[str]) -> np.ndarray:
     return np.array([v.encode() if isinstance(v, str) else v for v in values], dtype=object)
 
 
-def planned_calls(photos: list[bytes]):
+def planned_calls(photos: list[bytes]) -> Generator[Call, dict[str, np.ndarray] | None, None]:
     """(call name, signature, inputs from earlier answers) in order: a generator fed each call's answers."""
     metadata = yield METADATA, METADATA, {}
     contract = ModelContract.from_json(np.asarray(metadata["contract"]).item())
