@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from infra.__main__ import app
 from infra.model_archive import build_model_archive
 from memefly.serving_targets import SAGEMAKER, serving_target
+from tests.support import free_port
 from tests.test_deploy_support import (
     deploy_environment,
     moto_on_loopback,
@@ -92,3 +93,24 @@ def test_every_version_in_the_archive_must_have_passed(moto: str, tmp_path: Path
     exit_code, output = invoke("plan", tmp_path, model_archive=archive)
     assert exit_code == 0, output
     assert f"versions 1,2 passed the serving check with TensorFlow {TENSORFLOW}" in output
+
+
+def test_the_refusal_comes_before_any_aws_call(tmp_path: Path) -> None:
+    # No moto: boto3 is pointed at a loopback port nobody listens on, so any AWS call would fail otherwise.
+    write_model_version(tmp_path / "memefly", 1, checked=False)
+    closed = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": "/nonexistent",
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_MAX_ATTEMPTS": "1",
+    }
+
+    result = CliRunner().invoke(app, ["plan"], env={**deploy_environment(tmp_path), **closed})
+
+    assert result.exit_code == 1
+    assert "AWS error" not in result.output
+    assert f"has not been checked with TensorFlow {TENSORFLOW}" in " ".join(result.output.split())
