@@ -78,7 +78,7 @@ def _replay(folder: Path, inputs: dict[str, np.ndarray]) -> Path:
 
 @pytest.mark.parametrize("release", RELEASES)
 def test_an_op_newer_than_the_target_release_fails_to_load_there(tmp_path: Path, release: str) -> None:
-    # DecodeWebP is registered from TensorFlow 2.21 on: a model using it loads with the export's TF only.
+    # DecodeWebP is registered in TensorFlow 2.21, not in 2.19: a model using it loads with the export's TF only.
     module = tf.Module()
     module.run = tf.function(
         lambda image: {"pixels": tf.io.decode_webp(image[0])}, input_signature=[tf.TensorSpec([None], tf.string)]
