@@ -20,11 +20,18 @@ SERVE_LOCAL = $(BIN)/python -m serving --port $(GRPC_PORT) --rest_api_port $(RES
 	--sagemaker_port $(SAGEMAKER_PORT) --model_name $(MODEL_NAME) --model_base_path $(abspath $(MODEL_DIR)) \
 	--enable_serialization_as_tensor_content=true
 
+# Each target's TF Serving release, declared once: COMPOSE_TFSERVING_VERSION, SAGEMAKER_TFS_VERSION and the
+# export's EXPORT_TENSORFLOW_VERSION. One environment with that TensorFlow release per distinct version.
+include serving/versions.env
+SERVING_TF_VERSIONS := $(sort $(COMPOSE_TFSERVING_VERSION) $(SAGEMAKER_TFS_VERSION))
+SERVING_VENVS := $(foreach version,$(SERVING_TF_VERSIONS),.venv-tf$(version)/.installed)
+
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export MEMEFLY_MODEL_NAME := $(MODEL_NAME)
 export MEMEFLY_MODEL_BASE_PATH := $(abspath $(MODEL_BASE_PATH))
 
-.PHONY: venv data model train evaluate run serve-local run-two-tier test soak bench lint format clean deploy-plan deploy destroy model-archive
+.PHONY: venv data model train evaluate run serve-local run-two-tier test soak bench lint format clean deploy-plan deploy destroy model-archive \
+	serving-venvs serving-check compose-up
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +40,21 @@ $(STAMP): pyproject.toml
 	touch $@
 
 venv: $(STAMP)
+
+# TF Serving X.Y.Z is built on TensorFlow X.Y.Z: the check loads the model with that release from PyPI.
+.venv-tf%/.installed:
+	$(PYTHON) -m venv .venv-tf$*
+	.venv-tf$*/bin/pip install --quiet tensorflow-cpu==$*
+	touch $@
+
+serving-venvs: $(SERVING_VENVS)
+
+# Loads the newest model version with each target's TensorFlow, TF Serving's way, calls every signature on
+# real photos and compares with the export's TensorFlow; `make deploy` and `make compose-up` need its record.
+# SERVING_CHECK_ARGS='--version 3' for another version.
+serving-check: model $(SERVING_VENVS)
+	$(BIN)/python -m export.serving_check --model-base-path $(MODEL_BASE_PATH) --model-name $(MODEL_NAME) \
+		$(SERVING_CHECK_ARGS)
 
 # Builds the model only when no version exists yet: assembled from the committed bundle in model/
 # when there is one (seconds), else trained from the slice preset (minutes).
@@ -67,12 +89,17 @@ run: model
 serve-local: model
 	$(SERVE_LOCAL)
 
+# The real TensorFlow Serving (docker-compose.yml) at the declared tag, once the model passed the check for it.
+compose-up: model
+	$(BIN)/python -m export.serving_check --verify compose --model-base-path $(MODEL_BASE_PATH) --model-name $(MODEL_NAME)
+	docker compose --env-file serving/versions.env up
+
 run-two-tier: model
 	@$(SERVE_LOCAL) & \
 	serving=$$!; trap "kill $$serving 2>/dev/null" EXIT INT TERM; \
 	MEMEFLY_TFSERVING_TARGET=127.0.0.1:$(GRPC_PORT) $(BIN)/memefly serve --backend tfserving --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+test: $(STAMP) $(SERVING_VENVS)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
@@ -94,6 +121,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 # AWS (infra/README.md): settings from MEMEFLY_DEPLOY_* or .env; AWS credentials from boto3's usual chain.
+# Both refuse a model version that has not passed `make serving-check` for SAGEMAKER_TFS_VERSION.
 deploy-plan: $(STAMP)
 	$(BIN)/python -m infra plan
 
@@ -107,4 +135,4 @@ model-archive: model
 	$(BIN)/python -m infra package --output build/model.tar.gz
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-tf*/ .pytest_cache .ruff_cache

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import keras
 import tensorflow as tf
 
 from export.conditioning import CONCEPTS_PER_IMAGE, Conditioner, ConditioningData
@@ -51,8 +52,10 @@ class CaptionModule(tf.Module):
         conditioner: Conditioner | None = None,
     ) -> None:
         super().__init__()
-        self.encoder = encoder
-        self.decoder = decoder
+        # The Keras models are not part of the SavedModel's object graph: their tf.Variables are, through
+        # `serving_variables`, so each weight is saved once and restored where the signatures read it.
+        self.encoder = self._no_dependency(encoder)
+        self.decoder = self._no_dependency(decoder)
         self.tokenizer = tokenizer
         self.contract = contract
         self.conditioner = conditioner
@@ -76,6 +79,7 @@ class CaptionModule(tf.Module):
         self.generate = tf.function(self._generate, input_signature=input_signature(GENERATE_SIGNATURE))
         self.start_id = contract.start_id
         self.end_id = contract.end_id
+        self.serving_variables = serving_variables(self)
 
     def _encode(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         return {"context": self.decoder.encode_context(self.encoder(image_bytes))}
@@ -215,6 +219,25 @@ class CaptionModule(tf.Module):
 
     def _metadata(self) -> dict[str, tf.Tensor]:
         return {"vocabulary": self.tokenizer.vocabulary(), "contract": self.contract_json}
+
+
+def serving_variables(module: tf.Module) -> list[tf.Variable]:
+    """The tf.Variables behind every Keras variable the module holds, to be tracked by the module itself.
+
+    TF Serving loads a SavedModel as a graph: it runs the checkpoint's restore op, then the signatures.
+    Keras 3 checkpoints a Keras variable as a copy of its tf.Variable (another variable handle), while
+    the signatures read the tf.Variable's own handle, so without these the restore fills handles no
+    signature reads and the first call fails with "Could not find variable ..." (the warm-up, so the
+    version never loads; keras-team/keras#19274). `tf.saved_model.load` restores through the object
+    graph and never shows it; `export.serving_check` loads as TF Serving does.
+    """
+    layers = module._flatten(predicate=lambda leaf: isinstance(leaf, keras.Layer))
+    found: dict[int, tf.Variable] = {}
+    for layer in layers:
+        for variable in layer.variables:
+            value = variable.value if isinstance(variable, keras.Variable) else variable
+            found.setdefault(id(value), value)
+    return list(found.values())
 
 
 def caption_module(

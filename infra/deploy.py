@@ -26,6 +26,7 @@ from infra.iam import ensure_role
 from infra.model_archive import (
     INFERENCE_SCRIPT,
     ModelArchive,
+    archive_version_digests,
     available_versions,
     build_model_archive,
     newest_version,
@@ -44,6 +45,26 @@ from infra.settings import DeploySettings
 from infra.storage import ensure_bucket, ensure_model_object
 from infra.tfs_image import inference_image_uri
 from infra.tfs_image import repository_arn as tfs_repository_arn
+from memefly.serving_targets import SAGEMAKER, NotCheckedError, require_checked, serving_target, version_digest
+
+
+def require_serving_check(settings: DeploySettings, model_name: str, digests: dict[int, str]) -> None:
+    """DeployError unless each version (by content digest) passed `make serving-check` for SageMaker's release."""
+    try:
+        require_checked(settings.serving_checks_dir, model_name, digests, serving_target(SAGEMAKER))
+    except NotCheckedError as error:
+        raise DeployError(str(error)) from error
+
+
+def require_target_checked(settings: DeploySettings) -> None:
+    """The check before any AWS call: the version to deploy, or every version of a prebuilt archive."""
+    if settings.model_archive is not None:
+        archive = read_model_archive(settings.model_archive)
+        require_serving_check(settings, archive.model_name, archive_version_digests(archive.path))
+    else:
+        model_dir = settings.model_base_path / settings.model_name
+        version = settings.model_version or newest_version(model_dir)
+        require_serving_check(settings, settings.model_name, {version: version_digest(model_dir / str(version))})
 
 
 def model_archive(stack: Stack, workdir: Path) -> tuple[ModelArchive, int]:
@@ -67,6 +88,10 @@ def model_archive(stack: Stack, workdir: Path) -> tuple[ModelArchive, int]:
     stack.report.echo(
         f"          {archive.path}: {archive.model_name} versions {versions}; gateways use version {target}"
     )
+    # Every version in the archive is loaded by the new fleet, the one kept for pinned gateways too.
+    require_serving_check(settings, archive.model_name, archive_version_digests(archive.path))
+    release = serving_target(SAGEMAKER).tensorflow
+    stack.report.echo(f"          versions {versions} passed the serving check with TensorFlow {release}")
     if deployed and max(deployed) != target and max(deployed) not in archive.versions:
         stack.report.echo(
             f"          warning: version {max(deployed)} (served now) is not in the archive: gateways pinned to it "
@@ -76,6 +101,7 @@ def model_archive(stack: Stack, workdir: Path) -> tuple[ModelArchive, int]:
 
 
 def run(settings: DeploySettings, apply: bool, echo: Callable[[str], None] = print) -> Report:
+    require_target_checked(settings)
     aws = Aws(settings.region, read_only=not apply)
     report = Report(echo)
     stack = Stack(settings, aws, report, apply)
@@ -93,7 +119,7 @@ def run(settings: DeploySettings, apply: bool, echo: Callable[[str], None] = pri
     report.step("gateway image")
     gateway_image = ensure_gateway_image(stack)
     model_image = settings.model_image_uri or inference_image_uri(
-        aws.region, settings.tfs_version, settings.instance_type
+        aws.region, serving_target(SAGEMAKER).tensorflow, settings.instance_type
     )
 
     report.step("IAM roles")

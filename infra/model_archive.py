@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memefly.paths import model_versions
+from memefly.serving_targets import digest_of
 
 _SAVED_MODEL = re.compile(r"([^/]+)/(\d+)/saved_model\.pb")
+_VERSION_FILE = re.compile(r"[^/]+/(\d+)/(.+)")
 INFERENCE_SCRIPT = Path(__file__).with_name("sagemaker_inference.py")
 INFERENCE_SCRIPT_NAME = "code/inference.py"
 
@@ -96,6 +98,20 @@ def build_model_archive(
                 tar.add(inference_script.parent, arcname=code, recursive=False, filter=_normalized)
                 tar.add(inference_script, arcname=INFERENCE_SCRIPT_NAME, recursive=False, filter=_normalized)
     return read_model_archive(archive)
+
+
+def archive_version_digests(archive: Path) -> dict[int, str]:
+    """`memefly.serving_targets.version_digest` of each version inside an archive, from its members."""
+    files: dict[int, list[tuple[str, str]]] = {}
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar.getmembers():
+            match = _VERSION_FILE.fullmatch(member.name.removeprefix("./"))
+            if match and member.isfile():
+                content = tar.extractfile(member)
+                assert content is not None
+                sha = hashlib.file_digest(content, "sha256").hexdigest()
+                files.setdefault(int(match.group(1)), []).append((match.group(2), sha))
+    return {version: digest_of(entries) for version, entries in files.items()}
 
 
 def read_model_archive(archive: Path) -> ModelArchive:

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from memefly.paths import DEFAULT_MODEL_BASE_PATH, DEFAULT_MODEL_NAME, REPO_ROOT
+from memefly.serving_targets import DEFAULT_CHECKS_DIR
 
 
 class DeploySettings(BaseSettings):
@@ -25,10 +26,12 @@ class DeploySettings(BaseSettings):
     max_instance_count: int = Field(2, ge=1)
     invocations_per_instance: float = Field(600.0, gt=0)
     """Autoscaling target: invocations per instance per minute. One meme is 1 + (caption length) invocations."""
-    tfs_version: str = "2.19.0"
-    """Version tag of AWS's tensorflow-inference image; use one that loads SavedModels of the export's TF."""
+    # The tensorflow-inference image's version is SAGEMAKER_TFS_VERSION in serving/versions.env, declared once.
     model_image_uri: str | None = None
-    """Overrides the tensorflow-inference image URI built from `tfs_version` and the region."""
+    """Overrides the tensorflow-inference image URI built from SAGEMAKER_TFS_VERSION and the region; it must run
+    that TF Serving release, the one `make serving-check` proved the model against."""
+    serving_checks_dir: Path = DEFAULT_CHECKS_DIR
+    """Where `make serving-check` writes its records; deploy and plan refuse a version without a passing one."""
     image_invocation: bool = False
     """Pack `code/inference.py` (infra/sagemaker_inference.py) so that the endpoint also answers a photo posted
     as `image/jpeg`. Off by default: with any inference.py, AWS's container sends every invocation, the gateway's

@@ -24,6 +24,7 @@ from infra.deploy import run
 from infra.names import Names
 from infra.policies import violations
 from infra.tags import DEPLOYMENT, MODEL_VERSIONS, as_dict
+from memefly.serving_targets import read_declarations
 from tests.test_deploy_support import (
     ACCOUNT,
     GATEWAY_IMAGE,
@@ -180,7 +181,8 @@ def test_the_endpoint_is_in_service_on_the_tf_serving_image_with_the_archive(fir
     )
     model = sagemaker.describe_model(ModelName=variant["ModelName"])
     container = model["PrimaryContainer"]
-    assert container["Image"] == f"763104351884.dkr.ecr.{REGION}.amazonaws.com/tensorflow-inference:2.19.0-cpu"
+    declared = read_declarations()["SAGEMAKER_TFS_VERSION"]  # serving/versions.env
+    assert container["Image"] == f"763104351884.dkr.ecr.{REGION}.amazonaws.com/tensorflow-inference:{declared}-cpu"
     [item] = client("s3").list_objects_v2(Bucket=NAMES.bucket(ACCOUNT, REGION))["Contents"]
     assert container["ModelDataUrl"] == f"s3://{NAMES.bucket(ACCOUNT, REGION)}/{item['Key']}"
     assert container["Environment"] == {"SAGEMAKER_TFS_DEFAULT_MODEL_NAME": "memefly"}

@@ -1,7 +1,10 @@
 """Helpers for the deploy tests (no tests here): a moto server on loopback, fake credentials, a model folder.
 
 The model folder holds the files of a TF Serving version directory, with made-up contents: these tests
-exercise AWS state, and moto never runs a container, so no real SavedModel is needed.
+exercise AWS state, and moto never runs a container, so no real SavedModel is needed. For the same reason
+each made-up version gets a passing serving-check record (deploy refuses a version without one); the
+check itself, and the refusal, are tested in tests/test_serving_check_*.py and
+tests/test_deploy_refuses_unchecked_models.py.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from botocore.config import Config
 
 from infra.settings import DeploySettings
 from infra.tags import DEPLOYMENT, as_dict
+from memefly.serving_targets import SAGEMAKER, serving_target, version_digest, write_record
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
@@ -69,7 +73,23 @@ def client(service: str) -> Any:
     return boto3.client(service, region_name=REGION, config=Config(retries={"mode": "standard", "max_attempts": 1}))
 
 
-def write_model_version(model_dir: Path, version: int) -> Path:
+def serving_checks_dir(model_base_path: Path) -> Path:
+    return model_base_path / "serving-checks"
+
+
+def record_made_up_check(version_dir: Path, passed: bool = True, tensorflow: str | None = None) -> Path:
+    """A serving-check record for a made-up version, in the checks folder beside its model folder."""
+    record = {
+        "passed": passed,
+        "digest": version_digest(version_dir),
+        "tensorflow": tensorflow or serving_target(SAGEMAKER).tensorflow,
+        "note": "written by the deploy tests for a made-up model",
+    }
+    return write_record(serving_checks_dir(version_dir.parent.parent), record)
+
+
+def write_model_version(model_dir: Path, version: int, checked: bool = True) -> Path:
+    """`<model_dir>/<version>/` with made-up files; `checked`: with a passing serving-check record."""
     folder = model_dir / str(version)
     for name, text in {
         "saved_model.pb": f"saved model {version}",
@@ -80,6 +100,8 @@ def write_model_version(model_dir: Path, version: int) -> Path:
     }.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(text)
+    if checked:
+        record_made_up_check(folder)
     return folder
 
 
@@ -96,6 +118,7 @@ def settings_values(model_base_path: Path, **overrides: Any) -> dict[str, Any]:
         "max_instance_count": 3,
         "poll_seconds": 0.05,
         "endpoint_timeout_seconds": 10,
+        "serving_checks_dir": serving_checks_dir(model_base_path),
         **overrides,
     }
 
