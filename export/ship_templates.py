@@ -69,11 +69,13 @@ def build_shipped_templates(data_folder: Path, out_dir: Path) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     from export.data import data_dir
-    from gateway.templates import SHIPPED_TEMPLATES_SOURCE
+    from memefly.paths import REPO_ROOT
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", help="the meme data set; default $MEMEFLY_DATA_DIR or ../shared/data/memes")
-    parser.add_argument("--out", type=Path, default=SHIPPED_TEMPLATES_SOURCE, help="default: %(default)s")
+    # The gateway's package data in this checkout (the export tier does not import the gateway).
+    shipped = REPO_ROOT / "gateway" / "meme_templates"
+    parser.add_argument("--out", type=Path, default=shipped, help="default: %(default)s")
     args = parser.parse_args(argv)
     shipped = build_shipped_templates(data_dir(args.data_dir, captions=False), args.out)
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
