@@ -99,3 +99,17 @@ def test_package_command_writes_the_archive(model_dir: Path, tmp_path: Path) -> 
 )
 def test_the_tf_serving_image_comes_from_the_regions_registry(region: str, instance_type: str, uri: str) -> None:
     assert inference_image_uri(region, "2.19.0", instance_type) == uri
+
+
+def test_the_sdk_knows_registries_and_tag_forms_the_old_hand_written_table_did_not() -> None:
+    # ca-west-1 has its own registry account (the hand-written table sent it to the default one), and
+    # from 2.20 the tag names the Python version.
+    assert inference_image_uri("ca-west-1", "2.19.0", "ml.m5.large") == (
+        "204538143572.dkr.ecr.ca-west-1.amazonaws.com/tensorflow-inference:2.19.0-cpu"
+    )
+    assert inference_image_uri("us-east-1", "2.20.0", "ml.m5.large").endswith("tensorflow-inference:2.20.0-cpu-py312")
+
+
+def test_a_tf_serving_version_the_sdk_does_not_know_is_refused_with_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"Unsupported tensorflow version: 2\.99\.0.*2\.19\.0"):
+        inference_image_uri("us-east-1", "2.99.0", "ml.m5.large")
