@@ -36,7 +36,7 @@ export MEMEFLY_MODEL_BASE_PATH := $(abspath $(MODEL_BASE_PATH))
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[embedded,serving,train,aws,dev,bench]'
+	$(BIN)/pip install --quiet -e '.[embedded,serving,train,aws,deploy,dev,bench]'
 	touch $@
 
 venv: $(STAMP)

@@ -1,4 +1,5 @@
-"""One boto3 session for a deployment, its clients, and the read-only guard that `plan` runs under."""
+"""One boto3 session for a deployment, its clients, the SageMaker SDK's session over it, and the read-only guard
+that `plan` runs under (on the boto3 session, so every client made from it, the SDK's too, is guarded)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from sagemaker.core.helper.session_helper import Session as SageMakerSession
 
 READ_ONLY_PREFIXES = ("Describe", "List", "Get", "Head")
 
@@ -27,18 +29,27 @@ class Aws:
     session: boto3.Session = field(init=False)
     _clients: dict[str, Any] = field(default_factory=dict, init=False)
     _identity: dict[str, str] = field(default_factory=dict, init=False)
+    _sagemaker_session: SageMakerSession | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.session = boto3.Session(region_name=self.region)
+        if self.read_only:
+            self.session.events.register("before-call", _refuse_mutations)
 
     def client(self, service: str) -> Any:
         if service not in self._clients:
             config = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10, read_timeout=60)
-            client = self.session.client(service, config=config)
-            if self.read_only:
-                client.meta.events.register("before-call", _refuse_mutations)
-            self._clients[service] = client
+            self._clients[service] = self.session.client(service, config=config)
         return self._clients[service]
+
+    @property
+    def sagemaker(self) -> SageMakerSession:
+        """The SageMaker Python SDK's session, on this boto3 session and its sagemaker client."""
+        if self._sagemaker_session is None:
+            self._sagemaker_session = SageMakerSession(
+                boto_session=self.session, sagemaker_client=self.client("sagemaker")
+            )
+        return self._sagemaker_session
 
     @property
     def account(self) -> str:

@@ -44,7 +44,6 @@ from infra.policies import (
 from infra.settings import DeploySettings
 from infra.storage import ensure_bucket, ensure_model_object
 from infra.tfs_image import inference_image_uri
-from infra.tfs_image import repository_arn as tfs_repository_arn
 from memefly.serving_targets import SAGEMAKER, NotCheckedError, require_checked, serving_target, version_digest
 
 
@@ -131,7 +130,7 @@ def run(settings: DeploySettings, apply: bool, echo: Callable[[str], None] = pri
         trust_policy("sagemaker.amazonaws.com"),
         sagemaker_execution_policy(
             f"arn:{partition}:s3:::{bucket}/{names.object_prefix}models/*",
-            ecr_repository_arn(model_image, partition) or tfs_repository_arn(aws.region, partition),
+            ecr_repository_arn(model_image, partition),
             aws.arn("logs", f"log-group:/aws/sagemaker/Endpoints/{names.endpoint}"),
         ),
         "the endpoint's container: read its model archive, pull its image, write its logs",

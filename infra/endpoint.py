@@ -1,4 +1,11 @@
-"""The SageMaker model tier: model, endpoint config, endpoint; blue/green updates; waiting for InService."""
+"""The SageMaker model tier: model, endpoint config, endpoint; blue/green updates; waiting for InService.
+
+Creating goes through the SageMaker Python SDK's session (`sagemaker.core.helper.session_helper.Session`:
+`create_model`, `create_endpoint_config`, `create_endpoint`), which also applies the defaults of a SageMaker
+SDK config file, if the user has one. The blue/green update goes through the SDK's endpoint resource
+(`sagemaker.core.resources.Endpoint.update`): the session's `update_endpoint` takes no `DeploymentConfig`.
+Reads stay boto3: the SDK's resources cannot parse moto's answers (infra/README.md).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +13,11 @@ import time
 from typing import Any
 
 from botocore.exceptions import ClientError
+from sagemaker.core.resources import Endpoint
+from sagemaker.core.shapes import DeploymentConfig
+from sagemaker.core.utils.code_injection.codec import transform
 
-from infra.aws import error_code
+from infra.aws import Aws, error_code
 from infra.changes import Action
 from infra.context import DeployError, Stack
 from infra.names import VARIANT, digest
@@ -63,7 +73,7 @@ def ensure_model(
         deadline = time.monotonic() + _ROLE_PROPAGATION_SECONDS
         while True:
             try:
-                sagemaker.create_model(ModelName=name, PrimaryContainer=container, ExecutionRoleArn=role_arn, Tags=tags)
+                stack.aws.sagemaker.create_model(name, role=role_arn, container_defs=dict(container), tags=tags)
                 break
             except ClientError as error:
                 # A role created seconds ago may not be assumable yet (IAM is eventually consistent).
@@ -94,9 +104,7 @@ def ensure_endpoint_config(stack: Stack, model: str) -> str:
     detail = f"{settings.initial_instance_count} x {settings.instance_type}"
     stack.report.record(Action.CREATE, "sagemaker endpoint config", name, detail)
     if stack.apply:
-        sagemaker.create_endpoint_config(
-            EndpointConfigName=name, ProductionVariants=[variant], Tags=as_list(stack.tags())
-        )
+        stack.aws.sagemaker.create_endpoint_config(name, [dict(variant)], tags=as_list(stack.tags()))
     return name
 
 
@@ -120,12 +128,16 @@ def deployment_config(stack: Stack) -> dict[str, Any]:
     }
 
 
-def update_endpoint_blue_green(sagemaker: Any, endpoint: str, config: str, deployment: dict[str, Any]) -> None:
+def update_endpoint_blue_green(aws: Aws, endpoint: str, config: str, deployment: dict[str, Any]) -> None:
     """The one UpdateEndpoint call: a new fleet on `config`, traffic shifted to it, rolled back on the alarm.
 
-    moto 5.x does not implement UpdateEndpoint (HTTP 500); the tests replace this function, and only it.
+    Through the SDK's endpoint resource, the one SDK call that takes a `DeploymentConfig`. moto 5.x does not
+    implement UpdateEndpoint (HTTP 500), and the resource cannot even read moto's endpoint (DescribeEndpoint's
+    empty `DataCaptureConfig` fails its validation); the tests replace this function, and only it.
     """
-    sagemaker.update_endpoint(EndpointName=endpoint, EndpointConfigName=config, DeploymentConfig=deployment)
+    resource = Endpoint.get(endpoint, session=aws.session, region=aws.region)
+    resource.endpoint_config_name = config
+    resource.update(deployment_config=DeploymentConfig(**transform(deployment, "DeploymentConfig")))
 
 
 def wait_in_service(stack: Stack, what: str) -> dict[str, Any]:
@@ -164,7 +176,7 @@ def ensure_endpoint(stack: Stack, config: str, before_update: Any = None) -> Non
     if endpoint is None:
         stack.report.record(Action.CREATE, "sagemaker endpoint", name, f"config {config}")
         if stack.apply:
-            sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=config, Tags=as_list(stack.tags()))
+            stack.aws.sagemaker.create_endpoint(name, config, tags=as_list(stack.tags()), wait=False)
             wait_in_service(stack, "being created")
             stack.report.echo(f"          endpoint {name}: InService")
         return
@@ -188,7 +200,7 @@ def ensure_endpoint(stack: Stack, config: str, before_update: Any = None) -> Non
         return
     if before_update is not None:
         before_update(current)
-    update_endpoint_blue_green(sagemaker, name, config, deployment_config(stack))
+    update_endpoint_blue_green(stack.aws, name, config, deployment_config(stack))
     endpoint = wait_in_service(stack, "updating blue/green")
     if endpoint["EndpointConfigName"] != config:
         raise DeployError(

@@ -141,22 +141,21 @@ def output_handler(response: Response, context: Context) -> tuple[bytes, str]:
         raise refusal(response.status_code, "model_error", response.content.decode("utf-8", "replace"))
     if _media_type(context) not in IMAGE_CONTENT_TYPES:
         return response.content, JSON_CONTENT_TYPE
-    outputs = json.loads(response.content)["outputs"]
     name, version = _model(context.rest_uri)
-    captions = [
-        {
-            "text": text,
-            "boxes": text.split("\n"),
-            "score": score,
-            "log_prob": log_prob,
-        }
+    captions = generate_captions(json.loads(response.content)["outputs"])
+    answer = {"captions": captions, "model": {"name": name, "version": version}}
+    return json.dumps(answer).encode("utf-8"), JSON_CONTENT_TYPE
+
+
+def generate_captions(outputs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The first image's captions in `generate`'s columnar REST outputs (empty ones left out)."""
+    return [
+        {"text": text, "boxes": text.split("\n"), "score": score, "log_prob": log_prob}
         for text, length, score, log_prob in zip(
             outputs["text"][0], outputs["lengths"][0], outputs["scores"][0], outputs["log_probs"][0], strict=True
         )
         if length > 0
     ]
-    answer = {"captions": captions, "model": {"name": name, "version": version}}
-    return json.dumps(answer).encode("utf-8"), JSON_CONTENT_TYPE
 
 
 def image_settings(custom_attributes: str | None) -> dict[str, Any]:

@@ -1,7 +1,13 @@
-"""S3: the artifacts bucket and the model archive in it."""
+"""S3: the artifacts bucket and the model archive in it (uploaded with the SageMaker SDK's `Session.upload_data`).
+
+The bucket's setup (public access block, encryption, tags) and the HEAD that finds an archive already there stay
+boto3: the SDK creates only its own default bucket, `sagemaker-<region>-<account>`, with none of these settings.
+"""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from urllib.parse import urlencode
 
 from botocore.exceptions import ClientError
@@ -79,14 +85,18 @@ def ensure_model_object(stack: Stack, bucket: str, archive: ModelArchive) -> str
     size_mb = archive.path.stat().st_size / 1e6
     stack.report.record(Action.CREATE, "s3 object", url, f"model versions {versions}, {size_mb:.1f} MB")
     if stack.apply:
-        s3.upload_file(
-            str(archive.path),
-            bucket,
-            key,
-            ExtraArgs={
-                "Metadata": {SHA256_METADATA: archive.sha256, "model-versions": versions},
-                "Tagging": urlencode(stack.tags()),
-                "ServerSideEncryption": "AES256",
-            },
-        )
+        key_prefix, name = key.rsplit("/", 1)
+        extra_args = {
+            "Metadata": {SHA256_METADATA: archive.sha256, "model-versions": versions},
+            "Tagging": urlencode(stack.tags()),
+            "ServerSideEncryption": "AES256",
+        }
+        with tempfile.TemporaryDirectory(prefix="memefly-upload-") as folder:
+            # upload_data names the object `<key_prefix>/<file name>`: a prebuilt archive may be named otherwise.
+            path = archive.path if archive.path.name == name else Path(folder) / name
+            if path != archive.path:
+                path.symlink_to(archive.path.resolve())
+            uploaded = stack.aws.sagemaker.upload_data(str(path), bucket, key_prefix, extra_args=extra_args)
+        if uploaded != url:
+            raise DeployError(f"the SageMaker SDK uploaded the model archive to {uploaded}, not {url}")
     return url

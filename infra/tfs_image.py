@@ -1,51 +1,23 @@
-"""The URI of AWS's TensorFlow Serving inference image (the SageMaker TF Serving container).
+"""The URI of AWS's TensorFlow Serving inference image (the SageMaker TF Serving container), from the SageMaker SDK.
 
-Written out rather than asking the sagemaker SDK (`sagemaker.image_uris.retrieve("tensorflow", region,
-version=..., instance_type=..., image_scope="inference")`): the SDK is a large install for one lookup.
-The registry accounts are those the SDK's image_uri_config/tensorflow.json lists for the Deep Learning
-Containers' `tensorflow-inference` repository; `MEMEFLY_DEPLOY_MODEL_IMAGE_URI` overrides the result.
+`sagemaker.core.image_uris.retrieve` (SageMaker Python SDK v3, package sagemaker-core) knows each region's
+registry account and each version's tag form (`2.19.0-cpu`, but `2.20-cpu-py312-amzn2023-sagemaker-v1`). It
+reads the table shipped in the package and calls no AWS API. The framework version is a parameter (deploy passes
+`SAGEMAKER_TFS_VERSION` from serving/versions.env); `MEMEFLY_DEPLOY_MODEL_IMAGE_URI` overrides the result.
 """
 
 from __future__ import annotations
 
+from sagemaker.core import image_uris
+
 REPOSITORY = "tensorflow-inference"
-_DEFAULT_ACCOUNT = "763104351884"
-_ACCOUNTS = {
-    "af-south-1": "626614931356",
-    "ap-east-1": "871362719292",
-    "ap-northeast-3": "364406365360",
-    "ap-south-2": "772153158452",
-    "ap-southeast-3": "907027046896",
-    "ap-southeast-4": "457447274322",
-    "cn-north-1": "727897471807",
-    "cn-northwest-1": "727897471807",
-    "eu-central-2": "380420809688",
-    "eu-south-1": "692866216735",
-    "eu-south-2": "503227376785",
-    "me-central-1": "914824155844",
-    "me-south-1": "217643126080",
-    "us-gov-east-1": "446045086412",
-    "us-gov-west-1": "442386744353",
-    "us-iso-east-1": "886529160074",
-    "us-isob-east-1": "094389454867",
-}
-# ap-northeast-1/2, ap-south-1, ap-southeast-1/2, ca-central-1, eu-central-1, eu-north-1, eu-west-1/2/3,
-# sa-east-1, us-east-1/2, us-west-1/2 use the default account.
-
-
-def registry_account(region: str) -> str:
-    return _ACCOUNTS.get(region, _DEFAULT_ACCOUNT)
-
-
-def processor(instance_type: str) -> str:
-    family = instance_type.removeprefix("ml.").split(".", 1)[0]
-    return "gpu" if family.startswith(("p", "g")) else "cpu"
 
 
 def inference_image_uri(region: str, tfs_version: str, instance_type: str) -> str:
-    suffix = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
-    return f"{registry_account(region)}.dkr.ecr.{region}.{suffix}/{REPOSITORY}:{tfs_version}-{processor(instance_type)}"
+    """The `tensorflow-inference` image for `tfs_version` on `instance_type` (ml.g*/ml.p* take the GPU image).
 
-
-def repository_arn(region: str, partition: str) -> str:
-    return f"arn:{partition}:ecr:{region}:{registry_account(region)}:repository/{REPOSITORY}"
+    Raises ValueError, naming the versions there are, for a version the SDK does not know.
+    """
+    return image_uris.retrieve(
+        "tensorflow", region, version=tfs_version, instance_type=instance_type, image_scope="inference"
+    )

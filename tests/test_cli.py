@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -11,12 +12,16 @@ from cli.main import app
 from tests.support import MODEL_NAME, photo_jpeg
 
 
-def test_generate_writes_a_meme_per_image_and_skips_non_images(
-    model_base_path: Path, tmp_path: Path, monkeypatch
-) -> None:
+@pytest.fixture
+def photos(model_base_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder with a cat photo, and the tiny model as the CLI's model."""
     monkeypatch.setenv("MEMEFLY_MODEL_BASE_PATH", str(model_base_path))
     monkeypatch.setenv("MEMEFLY_MODEL_NAME", MODEL_NAME)
     (tmp_path / "cat.jpg").write_bytes(photo_jpeg("chelsea"))
+    return tmp_path
+
+
+def test_generate_writes_a_meme_per_image_and_skips_non_images(photos: Path, tmp_path: Path) -> None:
     (tmp_path / "rocket.jpg").write_bytes(photo_jpeg("rocket"))
     (tmp_path / "notes.png").write_bytes(b"not an image")
     out = tmp_path / "out"
@@ -51,11 +56,8 @@ def _caption_written(output: str, target: str) -> str:
 
 
 def test_generate_applies_the_content_filter_as_the_api_does(
-    model_base_path: Path, tmp_path: Path, monkeypatch
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MEMEFLY_MODEL_BASE_PATH", str(model_base_path))
-    monkeypatch.setenv("MEMEFLY_MODEL_NAME", MODEL_NAME)
-    (tmp_path / "cat.jpg").write_bytes(photo_jpeg("chelsea"))
     out = tmp_path / "out"
     command = ["generate", str(tmp_path / "cat.jpg"), "-o", str(out)]
     first = CliRunner().invoke(app, command)

@@ -100,6 +100,11 @@ def test_a_read_only_session_refuses_mutating_calls(first_run: FirstRun) -> None
     with pytest.raises(MutationRefused, match="s3:CreateBucket refused"):
         aws.client("s3").create_bucket(Bucket="anything")
     assert "anything" not in [bucket["Name"] for bucket in aws.client("s3").list_buckets()["Buckets"]]
+    # The SageMaker SDK's session makes its own clients from the same boto3 session: refused as well.
+    with pytest.raises(MutationRefused, match="sagemaker:CreateEndpoint refused"):
+        aws.sagemaker.create_endpoint("anything", "anything", wait=False)
+    with pytest.raises(MutationRefused, match="s3:PutObject refused"):
+        aws.sagemaker.upload_string_as_file_body("x", NAMES.bucket(ACCOUNT, REGION), "anything")
 
 
 def test_deploy_shows_each_step_and_creates_everything_it_planned(first_run: FirstRun) -> None:

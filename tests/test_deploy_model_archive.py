@@ -11,9 +11,22 @@ import pytest
 from typer.testing import CliRunner
 
 from infra.__main__ import app
+from infra.aws import Aws
+from infra.changes import Action, Report
+from infra.context import Stack
 from infra.model_archive import build_model_archive, read_model_archive, versions_to_pack
+from infra.storage import ensure_bucket, ensure_model_object
+from infra.tags import DEPLOYMENT, as_dict
 from infra.tfs_image import inference_image_uri
-from tests.test_deploy_support import deploy_environment, write_model_version
+from tests.test_deploy_support import (
+    PREFIX,
+    REGION,
+    client,
+    deploy_environment,
+    deploy_settings,
+    moto_on_loopback,
+    write_model_version,
+)
 
 
 @pytest.fixture
@@ -99,3 +112,40 @@ def test_package_command_writes_the_archive(model_dir: Path, tmp_path: Path) -> 
 )
 def test_the_tf_serving_image_comes_from_the_regions_registry(region: str, instance_type: str, uri: str) -> None:
     assert inference_image_uri(region, "2.19.0", instance_type) == uri
+
+
+def test_the_sdk_knows_registries_and_tag_forms_the_old_hand_written_table_did_not() -> None:
+    # ca-west-1 has its own registry account (the hand-written table sent it to the default one), and
+    # from 2.20 the tag names the Python version.
+    assert inference_image_uri("ca-west-1", "2.19.0", "ml.m5.large") == (
+        "204538143572.dkr.ecr.ca-west-1.amazonaws.com/tensorflow-inference:2.19.0-cpu"
+    )
+    assert inference_image_uri("us-east-1", "2.20.0", "ml.m5.large").endswith("tensorflow-inference:2.20.0-cpu-py312")
+
+
+def test_a_tf_serving_version_the_sdk_does_not_know_is_refused_with_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"Unsupported tensorflow version: 2\.99\.0.*2\.19\.0"):
+        inference_image_uri("us-east-1", "2.99.0", "ml.m5.large")
+
+
+def test_a_prebuilt_archive_of_another_name_is_uploaded_by_the_sdk_under_its_digest_key(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    archive = build_model_archive(model_dir, [1, 2], tmp_path / "prebuilt-v2.tar.gz")
+    with moto_on_loopback():
+        stack = Stack(deploy_settings(model_dir.parent), Aws(REGION), Report(lambda _: None), apply=True)
+        bucket = ensure_bucket(stack)
+        url = ensure_model_object(stack, bucket, archive)
+        again = ensure_model_object(stack, bucket, archive)
+        key = stack.names.model_key("memefly", archive.sha256)
+        s3 = client("s3")
+        head = s3.head_object(Bucket=bucket, Key=key)
+        tags = as_dict(s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"])
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    assert url == again == f"s3://{bucket}/{key}"
+    assert [c.action for c in stack.report.changes[-2:]] == [Action.CREATE, Action.UNCHANGED]
+    assert head["Metadata"] == {"sha256": archive.sha256, "model-versions": "1,2"}
+    assert head["ServerSideEncryption"] == "AES256"
+    assert tags[DEPLOYMENT] == PREFIX
+    assert body == archive.path.read_bytes()

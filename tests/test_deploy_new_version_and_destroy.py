@@ -16,8 +16,13 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+from pydantic import ValidationError
+from sagemaker.core.shapes import DeploymentConfig
+from sagemaker.core.utils.code_injection.codec import transform
+from sagemaker.core.utils.utils import serialize
 
 import infra.endpoint
+from infra.aws import Aws
 from infra.changes import Action, Report
 from infra.deploy import run
 from infra.destroy import destroy
@@ -25,6 +30,7 @@ from infra.names import Names
 from infra.tags import DEPLOYMENT, MODEL_VERSIONS, as_dict, as_list
 from tests.test_deploy_support import (
     PREFIX,
+    REGION,
     client,
     deploy_settings,
     moto_on_loopback,
@@ -36,14 +42,16 @@ NAMES = Names(PREFIX)
 UNRELATED_BUCKET = f"{PREFIX}-notes"  # shares the prefix, carries no tag
 UNRELATED_MODEL = f"{PREFIX}-v9-handmade"
 UNRELATED_ROLE = f"{PREFIX}-handmade"  # same IAM path, another deployment's tag
+ROLE = "arn:aws:iam::123456789012:role/mine"
 
 
 @dataclass
 class UpdateEndpointStub:
     calls: list[dict[str, Any]] = field(default_factory=list)
 
-    def __call__(self, sagemaker: Any, endpoint: str, config: str, deployment: dict[str, Any]) -> None:
+    def __call__(self, aws: Any, endpoint: str, config: str, deployment: dict[str, Any]) -> None:
         self.calls.append({"EndpointName": endpoint, "EndpointConfigName": config, "DeploymentConfig": deployment})
+        sagemaker = aws.client("sagemaker")
         arn = sagemaker.describe_endpoint(EndpointName=endpoint)["EndpointArn"]
         tags = sagemaker.list_tags(ResourceArn=arn)["Tags"]
         sagemaker.delete_endpoint(EndpointName=endpoint)
@@ -156,6 +164,27 @@ def test_moto_still_answers_update_endpoint_with_not_implemented() -> None:
         with pytest.raises(ClientError) as raised:
             client("sagemaker").update_endpoint(EndpointName="any", EndpointConfigName="any")
     assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+
+
+def test_the_sdks_endpoint_resource_cannot_read_motos_endpoint() -> None:
+    # Where the SageMaker SDK stops against moto: `update_endpoint_blue_green` reads the endpoint with the SDK's
+    # resource, and moto's DescribeEndpoint answers an empty DataCaptureConfig that the resource's pydantic
+    # shape refuses (AWS leaves the key out). When this fails, only UpdateEndpoint keeps the stub.
+    with moto_on_loopback():
+        sagemaker = client("sagemaker")
+        sagemaker.create_model(ModelName="m", PrimaryContainer={"Image": "example.com/m:1"}, ExecutionRoleArn=ROLE)
+        variant = {"VariantName": "v", "ModelName": "m", "InitialInstanceCount": 1, "InstanceType": "ml.m5.large"}
+        sagemaker.create_endpoint_config(EndpointConfigName="c", ProductionVariants=[variant])
+        sagemaker.create_endpoint(EndpointName="e", EndpointConfigName="c")
+        with pytest.raises(ValidationError, match=r"data_capture_config\.enable_capture\s+Field required"):
+            infra.endpoint.update_endpoint_blue_green(Aws(REGION), "e", "c", {})
+
+
+def test_the_sdk_sends_the_deployment_config_as_written(lifecycle: Lifecycle) -> None:
+    [call] = lifecycle.update_calls
+    shape = DeploymentConfig(**transform(call["DeploymentConfig"], "DeploymentConfig"))
+
+    assert serialize(shape) == call["DeploymentConfig"]
 
 
 def test_planning_a_new_version_shows_a_blue_green_update_and_calls_nothing(lifecycle: Lifecycle) -> None:

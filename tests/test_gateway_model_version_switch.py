@@ -7,6 +7,7 @@ mixed versions (encoded by one, decoded by the other) would match neither.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import threading
 import time
@@ -80,6 +81,35 @@ def rollout(model_base_path: Path, tmp_path: Path) -> Iterator[tuple[str, Path]]
         yield target, base / MODEL_NAME
 
 
+Answers = list[list[tuple[int, list[tuple[str, float]]]]]
+
+
+@contextlib.contextmanager
+def clients_looping(client: TestClient, image: bytes, clients: int) -> Iterator[tuple[Answers, list[BaseException]]]:
+    """`clients` threads making memes until the block ends: each one's answers, and any failure."""
+    answers: Answers = [[] for _ in range(clients)]
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def loop(own: list) -> None:
+        while not stop.is_set():
+            try:
+                own.append(_captions(client, image))
+            except BaseException as error:  # noqa: BLE001 - every failure is the test's finding
+                failures.append(error)
+                return
+
+    threads = [threading.Thread(target=loop, args=(own,)) for own in answers]
+    for thread in threads:
+        thread.start()
+    try:
+        yield answers, failures
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+
+
 def _same(got: list[tuple[str, float]], want: list[tuple[str, float]]) -> bool:
     return [t for t, _ in got] == [t for t, _ in want] and np.allclose(
         [s for _, s in got], [s for _, s in want], atol=1e-4
@@ -96,24 +126,8 @@ def test_new_version_mid_loop_fails_no_request_and_no_request_mixes_versions(
     staged = model_dir.parent / "staged"
     shutil.copytree(version_2_base / MODEL_NAME / "2", staged)
     settings = Settings(backend="tfserving", tfserving_target=target, version_check_seconds=0.2, **SETTINGS)
-    answers: list[list[tuple[int, list[tuple[str, float]]]]] = [[], []]
-    failures: list[BaseException] = []
-    stop = threading.Event()
-
     with TestClient(create_app(settings)) as client:
-
-        def loop(own: list) -> None:
-            while not stop.is_set():
-                try:
-                    own.append(_captions(client, chelsea_jpeg))
-                except BaseException as error:  # noqa: BLE001 - every failure is the test's finding
-                    failures.append(error)
-                    return
-
-        threads = [threading.Thread(target=loop, args=(own,)) for own in answers]
-        for thread in threads:
-            thread.start()
-        try:
+        with clients_looping(client, chelsea_jpeg, 2) as (answers, failures):
             deadline = time.monotonic() + 90
             while sum(map(len, answers)) < 4 and time.monotonic() < deadline and not failures:
                 time.sleep(0.05)
@@ -123,10 +137,6 @@ def test_new_version_mid_loop_fails_no_request_and_no_request_mixes_versions(
                 if all(sum(v == 2 for v, _ in own) >= 3 for own in answers):
                     break
                 time.sleep(0.05)
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(timeout=60)
         ready = client.get("/readyz").json()
 
     assert not failures, failures[0]
@@ -161,37 +171,19 @@ def test_rollout_under_load_fails_no_request_and_mixes_no_versions(
         staged[version] = tmp_path / "staged" / str(version)
         shutil.copytree(weights[2 - version % 2], staged[version])
     settings = Settings(backend="tfserving", tfserving_target=target, version_check_seconds=0.2, **SETTINGS)
-    answers: list[list[tuple[int, list[tuple[str, float]]]]] = [[] for _ in range(ROLLOUT_CLIENTS)]
-    failures: list[BaseException] = []
-    stop = threading.Event()
-
-    with TestClient(create_app(settings)) as client:
-
-        def loop(own: list) -> None:
-            while not stop.is_set():
-                try:
-                    own.append(_captions(client, chelsea_jpeg))
-                except BaseException as error:  # noqa: BLE001 - every failure is the test's finding
-                    failures.append(error)
-                    return
-
-        threads = [threading.Thread(target=loop, args=(own,)) for own in answers]
-        for thread in threads:
-            thread.start()
-        try:
-            for version in range(2, ROLLOUT_VERSIONS + 1):
-                time.sleep(ROLLOUT_EVERY_SECONDS)
-                staged[version].rename(model_dir / str(version))
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not failures:
-                if client.get("/readyz").json().get("version") == ROLLOUT_VERSIONS:
-                    break
-                time.sleep(0.1)
+    with (
+        TestClient(create_app(settings)) as client,
+        clients_looping(client, chelsea_jpeg, ROLLOUT_CLIENTS) as (answers, failures),
+    ):
+        for version in range(2, ROLLOUT_VERSIONS + 1):
             time.sleep(ROLLOUT_EVERY_SECONDS)
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(timeout=60)
+            staged[version].rename(model_dir / str(version))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not failures:
+            if client.get("/readyz").json().get("version") == ROLLOUT_VERSIONS:
+                break
+            time.sleep(0.1)
+        time.sleep(ROLLOUT_EVERY_SECONDS)
 
     assert not failures, failures[0]
     served = sorted({version for own in answers for version, _ in own})

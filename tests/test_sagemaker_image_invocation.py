@@ -17,12 +17,15 @@ from types import SimpleNamespace
 
 import boto3
 import httpx
+import numpy as np
 import pytest
 import tensorflow as tf
+from botocore.exceptions import ClientError
 
 from infra import sagemaker_inference
 from infra.model_archive import INFERENCE_SCRIPT, INFERENCE_SCRIPT_NAME, build_model_archive
-from memefly.contract import GENERATE, GENERATE_SIGNATURE
+from infra.predictor import MemeflyPredictor, TFServingSerializer
+from memefly.contract import GENERATE, GENERATE_SIGNATURE, METADATA_REST, SPECIAL_TOKENS
 from serving.http_server import HttpRequest, HttpResponse
 from serving.sagemaker import SageMakerApi
 from serving.sagemaker_python_service import find_script, load_script
@@ -293,3 +296,47 @@ def test_a_script_without_handlers_stops_the_service_as_in_the_container(tmp_pat
     with pytest.raises(NotImplementedError, match="Handlers are not implemented correctly"):
         load_script(tmp_path / "code" / "inference.py")
     assert find_script([tmp_path / "elsewhere" / MODEL_NAME]) is None
+
+
+# The SageMaker SDK's side: `infra.predictor.MemeflyPredictor` (sagemaker-core's Endpoint.invoke with
+# serializers), its runtime client sent to the stand-in by botocore's service-specific endpoint variable.
+
+
+@pytest.fixture
+def predictor(endpoint_url: str, monkeypatch: pytest.MonkeyPatch) -> MemeflyPredictor:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", endpoint_url)
+    session = boto3.Session(region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    return MemeflyPredictor("memefly", session=session)
+
+
+def test_the_sdk_predictor_gets_the_captions_generate_gives_from_json(predictor, generate, chelsea_jpeg) -> None:
+    assert captions_of({"captions": predictor.captions(chelsea_jpeg, n=2)}) == generate(chelsea_jpeg, 2)
+
+
+def test_the_sdk_predictor_posts_a_photo_as_it_is(predictor, generate) -> None:
+    photo = photo_jpeg("astronaut")
+    predictor.model_version = 1
+
+    answer = predictor.photo_captions(photo, n=1)
+
+    assert answer["model"] == {"name": MODEL_NAME, "version": 1}
+    assert captions_of(answer) == generate(photo, 1)
+
+
+def test_the_sdk_predictor_calls_any_signature_and_raises_the_models_refusal(predictor) -> None:
+    outputs = predictor.predict(METADATA_REST, {"unused": np.int32(0)})
+    assert outputs["vocabulary"][: len(SPECIAL_TOKENS)] == list(SPECIAL_TOKENS)
+
+    with pytest.raises(ClientError) as raised:
+        predictor.predict("nope", {"x": 1})
+    assert raised.value.response["Error"]["Code"] == "ModelError"
+    assert raised.value.response["OriginalStatusCode"] == 400
+
+
+def test_the_tf_serving_serializer_encodes_bytes_and_numpy() -> None:
+    body = TFServingSerializer().serialize(
+        {"signature_name": "s", "inputs": {"b": [b"\xff\xd8"], "n": np.int32(2), "x": np.ones((1, 2), np.float32)}}
+    )
+
+    assert json.loads(body) == {"signature_name": "s", "inputs": {"b": [{"b64": "/9g="}], "n": 2, "x": [[1.0, 1.0]]}}
+    assert TFServingSerializer().CONTENT_TYPE == "application/json"
