@@ -35,6 +35,12 @@ def test_stop_signal_lets_the_request_in_flight_finish_and_refuses_new_ones(
     body = json.dumps({"image": base64.b64encode(photo_jpeg("chelsea")).decode()}).encode()
     with running_gateway(app) as (server, port):
         assert _get(port, "/readyz")[0] == 200
+        # The middleware counts a request out after its answer is sent: wait for /readyz to be counted out,
+        # so the count below is the upload's.
+        deadline = time.monotonic() + 10
+        while app.state.drain.in_flight:
+            assert time.monotonic() < deadline, "/readyz never finished"
+            time.sleep(0.01)
         in_flight = socket.create_connection(("127.0.0.1", port), timeout=30)
         in_flight.sendall(
             b"POST /v1/memes HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
