@@ -34,6 +34,7 @@ from gateway.captioner import ModelSession
 from gateway.content_filter import ContentFilter
 from gateway.meme_service import MemeService, decoding_settings
 from gateway.metrics import Metrics
+from gateway.model_router import ModelRouter
 from gateway.schemas import MemeOptions
 from gateway.search import BeamSearch, SearchSettings
 from gateway.settings import Settings
@@ -352,7 +353,8 @@ class StepLoopMode:
         content_filter = ContentFilter.from_settings(
             PRODUCT_SETTINGS.content_filter, PRODUCT_SETTINGS.blocked_words_file
         )
-        self.memes = MemeService(PRODUCT_SETTINGS, self.session, TemplateStore(None), None, content_filter, Metrics())
+        models = ModelRouter.single(backend.model_name, self.session)
+        self.memes = MemeService(PRODUCT_SETTINGS, models, TemplateStore(None), None, content_filter, Metrics())
 
     def meme(self, image: bytes) -> MemeOutcome:
         deadline = time.monotonic() + PRODUCT_SETTINGS.request_timeout_seconds

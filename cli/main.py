@@ -135,6 +135,7 @@ def generate(
     from gateway.errors import ApiError
     from gateway.meme_service import MemeService, Picture
     from gateway.metrics import Metrics
+    from gateway.model_router import ModelRouter
     from gateway.schemas import MemeOptions
     from gateway.settings import Settings
     from gateway.templates import TemplateStore
@@ -144,7 +145,7 @@ def generate(
     session = ModelSession(make_backend(settings))
     memes = MemeService(
         settings,
-        session,
+        ModelRouter.single(settings.model_name, session),
         TemplateStore(settings.templates_dir),
         None,
         ContentFilter.from_settings(settings.content_filter, settings.blocked_words_file),

@@ -21,6 +21,7 @@ from gateway.limits import BodySizeLimitMiddleware, max_body_bytes
 from gateway.logs import RequestIdMiddleware, configure_logging
 from gateway.meme_service import MemeService
 from gateway.metrics import Metrics, MetricsMiddleware
+from gateway.model_router import ModelRouter
 from gateway.scheduler import SchedulerSettings
 from gateway.security import install_cors
 from gateway.settings import Settings
@@ -31,18 +32,20 @@ from gateway.url_fetch import UrlFetcher
 log = logging.getLogger(__name__)
 
 
-def make_backend(settings: Settings) -> ModelBackend:
+def make_backend(settings: Settings, model_name: str | None = None) -> ModelBackend:
+    """The backend for `model_name` (default: the settings' own) on the settings' model tier."""
+    model_name = model_name or settings.model_name
     if settings.backend == "embedded":
         from gateway.backends.embedded import EmbeddedBackend
 
-        return EmbeddedBackend(settings.model_base_path, settings.model_name)
+        return EmbeddedBackend(settings.model_base_path, model_name)
     if settings.backend == "sagemaker":
         from gateway.backends.sagemaker import SageMakerBackend, SageMakerGenerateBackend
 
         sagemaker = SageMakerGenerateBackend if settings.sagemaker_mode == "generate" else SageMakerBackend
         return sagemaker(
             settings.sagemaker_endpoint_name,
-            settings.model_name,
+            model_name,
             settings.sagemaker_region,
             model_version=settings.sagemaker_model_version,
             endpoint_url=settings.sagemaker_endpoint_url,
@@ -52,7 +55,7 @@ def make_backend(settings: Settings) -> ModelBackend:
         )
     from gateway.backends.tfserving import TfServingBackend
 
-    return TfServingBackend(settings.tfserving_target, settings.model_name, settings.rpc_timeout_seconds)
+    return TfServingBackend(settings.tfserving_target, model_name, settings.rpc_timeout_seconds)
 
 
 def _log_version_switch(info: ModelInfo) -> None:
@@ -75,27 +78,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        session = ModelSession(
-            make_backend(settings),
-            SchedulerSettings(
-                max_batch_beams=settings.max_batch_beams,
-                batch_wait_seconds=settings.batch_wait_ms / 1000,
-                on_decode_batch=metrics.decode_batch.observe,
-                encode_workers=settings.encode_calls_in_flight,
-            ),
-            version_check_seconds=settings.version_check_seconds,
-            on_version_switch=_log_version_switch,
-        )
-        try:
-            session.captioner()
-        except ModelUnavailableError:
-            pass  # not ready yet: /readyz says so, and the first request tries again
+        names = [settings.model_name, *(name for name in settings.models if name != settings.model_name)]
+        sessions = {
+            name: ModelSession(
+                make_backend(settings, name),
+                SchedulerSettings(
+                    max_batch_beams=settings.max_batch_beams,
+                    batch_wait_seconds=settings.batch_wait_ms / 1000,
+                    on_decode_batch=metrics.decode_batch.observe,
+                    encode_workers=settings.encode_calls_in_flight,
+                ),
+                version_check_seconds=settings.version_check_seconds,
+                on_version_switch=_log_version_switch,
+            )
+            for name in names
+        }
+        models = ModelRouter(sessions, settings.model_name, settings.model_traffic)
+        for session in sessions.values():
+            try:
+                session.captioner()
+            except ModelUnavailableError:
+                pass  # not ready yet: /readyz says so, and the first request tries again
         app.state.settings = settings
-        app.state.session = session
+        app.state.session = models.default_session
         app.state.metrics = metrics
         app.state.memes = MemeService(
             settings,
-            session,
+            models,
             TemplateStore(settings.templates_dir),
             make_meme_store(settings),
             ContentFilter.from_settings(settings.content_filter, settings.blocked_words_file),
@@ -110,7 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # uvicorn has already waited for open connections; any other server may not have.
         drain.start()
         await drain.wait_idle(settings.request_timeout_seconds)
-        session.close()
+        models.close()
 
     app = FastAPI(
         title="memefly",

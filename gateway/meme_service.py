@@ -24,6 +24,7 @@ from gateway.content_filter import ContentFilter
 from gateway.errors import ApiError
 from gateway.images import model_input, open_upload
 from gateway.metrics import Metrics
+from gateway.model_router import ModelRouter, UnknownModelError
 from gateway.render import TextBox, render_meme
 from gateway.scheduler import DeadlineExceeded
 from gateway.schemas import MEDIA_TYPES, MemeOptions
@@ -93,7 +94,7 @@ class MemeService:
     def __init__(
         self,
         settings: Settings,
-        session: ModelSession,
+        models: ModelRouter,
         templates: TemplateStore,
         store: MemeStore | None,
         content_filter: ContentFilter,
@@ -102,13 +103,18 @@ class MemeService:
         url_fetcher: UrlFetcher | None = None,
     ) -> None:
         self.settings = settings
-        self.session = session
+        self.models = models
         self.templates = templates
         self.store = store
         self.content_filter = content_filter
         self.metrics = metrics
         self.admission = admission
         self.url_fetcher = url_fetcher
+
+    @property
+    def session(self) -> ModelSession:
+        """The default model's session (text to template, styles, readiness)."""
+        return self.models.default_session
 
     # The source
 
@@ -176,8 +182,7 @@ class MemeService:
             result = _user_text(options.text, picture.layout)
         else:
             jpeg = model_input(image, self.settings.model_input_max_side)
-            result = self.caption(jpeg, options, deadline, cancel)
-            backend = self.session.backend.name
+            result, backend = self.caption_with_backend(jpeg, options, deadline, cancel)
         boxes = _fitted(result.captions[0].boxes if result.captions else [], picture.layout)
         content = self.render(image, boxes, picture.layout, options)
         media_type = MEDIA_TYPES[options.format]
@@ -190,6 +195,12 @@ class MemeService:
         self, image_jpeg: bytes, options: MemeOptions, deadline: float, cancel: threading.Event | None = None
     ) -> CaptionResult:
         """The model's captions for the model-ready JPEG, filtered, at most `n`; API errors for what fails."""
+        return self.caption_with_backend(image_jpeg, options, deadline, cancel)[0]
+
+    def caption_with_backend(
+        self, image_jpeg: bytes, options: MemeOptions, deadline: float, cancel: threading.Event | None = None
+    ) -> tuple[CaptionResult, str]:
+        """`caption`, and the name of the backend that served the model the request got."""
         wanted = options.n or self.settings.n_best
         request = CaptionRequest(
             prefix=options.prefix,
@@ -203,11 +214,14 @@ class MemeService:
             style_beam_width=self.settings.style_beam_width,
         )
         try:
-            result = self.session.caption(
+            model, session = self.models.pick(options.model)
+            result = session.caption(
                 image_jpeg,
                 lambda captioner: decoding_settings(options, self.settings, captioner.info.contract.max_length),
                 request,
             )
+        except UnknownModelError as error:
+            raise ApiError(422, "unknown_model", str(error)) from error
         except ModelUnavailableError as error:
             self.metrics.backend_errors.labels("unavailable").inc()
             raise ApiError(503, "model_unavailable", str(error), {"Retry-After": "1"}) from error
@@ -217,14 +231,14 @@ class MemeService:
                 504, "deadline_exceeded", f"no caption within {self.settings.request_timeout_seconds} s"
             ) from error
         except UnknownStyleError as error:
-            code = "unknown_style" if self.session.captioner().info.contract.conditioned else "unsupported_by_model"
+            code = "unknown_style" if session.captioner().info.contract.conditioned else "unsupported_by_model"
             raise ApiError(422, code, str(error)) from error
         except ValueError as error:
             raise ApiError(422, "invalid_image", str(error)) from error
         allowed = [c for c in result.captions if self.content_filter.allows(c.text)]
-        self.metrics.memes.labels(self.session.backend.name).inc()
+        self.metrics.memes.labels(session.backend.name, model).inc()
         self.metrics.model_calls_per_meme.observe(result.model_calls)
-        return replace(result, captions=allowed[:wanted])
+        return replace(result, captions=allowed[:wanted]), session.backend.name
 
     @staticmethod
     def render(image: Image.Image, boxes: list[str], layout: list[TextBox] | None, options: MemeOptions) -> bytes:

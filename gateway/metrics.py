@@ -26,7 +26,12 @@ class Metrics:
             registry=self.registry,
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
-        self.memes = Counter("memefly_memes_generated", "Memes generated.", ["backend"], registry=self.registry)
+        self.memes = Counter(
+            "memefly_memes_generated",
+            "Memes generated, by backend and model.",
+            ["backend", "model"],
+            registry=self.registry,
+        )
         self.model_calls_per_meme = Histogram(
             "memefly_model_rpcs_per_meme",
             "Model-tier calls one meme took part in.",

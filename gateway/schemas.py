@@ -56,6 +56,13 @@ class MemeOptions(BaseModel):
         description="Write in the voice of this template (GET /v1/styles); by default each caption takes a "
         "style that fits the photo and topic.",
     )
+    model: str = Field(
+        "",
+        max_length=100,
+        description="Which served model writes the caption: its name, or its decoder (`gru`, `transformer`). "
+        "Default: the `X-Memefly-Model` header, else the gateway's traffic split (MEMEFLY_MODEL_TRAFFIC), else "
+        "MEMEFLY_MODEL_NAME.",
+    )
     format: Literal["png", "jpeg", "webp"] = "png"
     uppercase: bool = True
     text: list[Annotated[str, StringConstraints(max_length=MAX_BOX_CHARACTERS)]] | None = Field(

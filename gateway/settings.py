@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     model_name: str = DEFAULT_MODEL_NAME
     model_base_path: Path = DEFAULT_MODEL_BASE_PATH
     """Embedded backend: versioned SavedModels under `<model_base_path>/<model_name>/<version>/`."""
+    models: list[str] = []
+    """More models served beside `model_name` (a transformer beside the GRU), each with its own session and
+    batches; a request picks one with `model` or the `X-Memefly-Model` header."""
+    model_traffic: dict[str, float] = {}
+    """A/B: weights by model name for the requests that name no model, e.g. {"memefly": 90,
+    "memefly-transformer": 10}; empty: all of them go to `model_name`."""
     tfserving_target: str = "127.0.0.1:8500"
     rpc_timeout_seconds: float = Field(10.0, gt=0)
     sagemaker_endpoint_name: str = "memefly-endpoint"

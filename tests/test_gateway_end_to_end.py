@@ -164,7 +164,7 @@ def test_ready_after_the_model_answered(clients: dict[str, TestClient], backend:
     assert clients[backend].get("/healthz").json() == {"status": "ok"}
     ready = clients[backend].get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "model": MODEL_NAME, "version": 1}
+    assert ready.json() == {"status": "ready", "model": MODEL_NAME, "version": 1, "models": {MODEL_NAME: 1}}
 
 
 def test_not_ready_while_the_serving_tier_is_down(model_base_path: Path) -> None:

@@ -6,7 +6,7 @@ import anyio
 import numpy as np
 from fastapi import APIRouter
 
-from gateway.api.deps import DrainDep, SessionDep
+from gateway.api.deps import DrainDep, MemesDep
 from gateway.backends import ModelUnavailableError
 from gateway.captioner import Captioner, ModelSession
 from gateway.errors import ApiError
@@ -41,19 +41,27 @@ def _not_ready(code: str, message: str) -> ApiError:
     return ApiError(503, code, message, {"Retry-After": "1"})
 
 
+def probe_models(sessions: dict[str, ModelSession]) -> dict[str, Captioner]:
+    """`probe_model` on every served model, in order."""
+    return {name: probe_model(session) for name, session in sessions.items()}
+
+
 @router.get("/readyz")
-async def readyz(session: SessionDep, drain: DrainDep) -> dict[str, str | int]:
-    """Ready while the model tier answers a decode step and the gateway is not shutting down."""
+async def readyz(memes: MemesDep, drain: DrainDep) -> dict[str, str | int | dict[str, int]]:
+    """Ready while the model tier answers a decode step of every served model and the gateway is not
+    shutting down. `model` and `version` are the default model's; `models` lists each one's version."""
     if drain.draining:
         raise _not_ready("shutting_down", "this gateway is shutting down")
-    captioner = None
+    captioners = None
     try:
         with anyio.move_on_after(READINESS_TIMEOUT_SECONDS):
-            captioner = await anyio.to_thread.run_sync(probe_model, session, abandon_on_cancel=True)
+            captioners = await anyio.to_thread.run_sync(probe_models, memes.models.sessions, abandon_on_cancel=True)
     except ModelUnavailableError as error:
         raise _not_ready("model_unavailable", str(error)) from error
     except Exception as error:  # the probe itself was refused: not ready either, and say why
         raise _not_ready("model_unavailable", f"the model tier failed a probe: {error}") from error
-    if captioner is None:
+    if captioners is None:
         raise _not_ready("model_unavailable", f"the model tier did not answer within {READINESS_TIMEOUT_SECONDS} s")
-    return {"status": "ready", "model": captioner.info.name, "version": captioner.info.version}
+    default = captioners[memes.models.default].info
+    versions = {name: captioner.info.version for name, captioner in captioners.items()}
+    return {"status": "ready", "model": default.name, "version": default.version, "models": versions}

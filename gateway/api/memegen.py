@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.api.deps import MemesDep, TemplatesDep
 from gateway.api.responses import meme_response
-from gateway.api.uploads import invalid_request
+from gateway.api.uploads import invalid_request, with_model_header
 from gateway.errors import ApiError
 from gateway.meme_service import MemeService, Picture
 from gateway.memegen_text import MAX_SEGMENT_LENGTH, decode_segment, encode_text
@@ -197,6 +197,7 @@ async def _render(
     except ValidationError as error:
         raise invalid_request(error) from error
     picture = await run_in_threadpool(sized_template, template, width, height)
+    options = with_model_header(options, request)
     return meme_response(request, await memes.create(picture, options, request.is_disconnected))
 
 

@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from gateway.api.deps import MemesDep
 from gateway.api.responses import meme_response
-from gateway.api.uploads import read_meme_request
+from gateway.api.uploads import read_meme_request, with_model_header
 from gateway.errors import ApiError
 from gateway.schemas import MEDIA_TYPES, MEME_ERRORS, MemeJsonRequest, MemeOptions, MemeResponse, TemplateMemeRequest
 from gateway.security import ApiKeyRequired
@@ -50,6 +50,7 @@ async def create_meme(request: Request, memes: MemesDep) -> Response:
     and a permalink."""
     data, options = await read_meme_request(request, memes.settings.max_upload_bytes)
     picture = await memes.picture(data, options.image_url, options.template_id)
+    options = with_model_header(options, request)
     return meme_response(request, await memes.create(picture, options, request.is_disconnected))
 
 
@@ -67,7 +68,8 @@ async def create_template_meme(
 ) -> Response:
     """A meme from a known template, with your own text (as memegen does) or the model's."""
     picture = await memes.picture(template_id=template_id)
-    return meme_response(request, await memes.create(picture, body, request.is_disconnected))
+    options = with_model_header(body, request)
+    return meme_response(request, await memes.create(picture, options, request.is_disconnected))
 
 
 @router.get(

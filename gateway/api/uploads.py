@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+from typing import TypeVar
 
 from fastapi import Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from gateway.errors import ApiError
-from gateway.schemas import MemeJsonRequest
+from gateway.model_router import MODEL_HEADER
+from gateway.schemas import MemeJsonRequest, MemeOptions
+
+MemeOptionsT = TypeVar("MemeOptionsT", bound=MemeOptions)
 
 
 def invalid_request(error: ValidationError) -> ApiError:
@@ -64,3 +68,11 @@ def _decode_base64(text: str) -> bytes:
         return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError) as error:
         raise ApiError(422, "invalid_request", "image: not valid base64") from error
+
+
+def with_model_header(options: MemeOptionsT, request: Request) -> MemeOptionsT:
+    """The options, naming the model of the `X-Memefly-Model` header when the body names none."""
+    named = request.headers.get(MODEL_HEADER, "").strip()
+    if options.model or not named:
+        return options
+    return options.model_copy(update={"model": named})
