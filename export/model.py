@@ -439,11 +439,16 @@ class TransformerDecoderBlock(keras.layers.Layer):
         self.dropout = keras.layers.Dropout(config.dropout, seed=config.seed)
 
     def call(self, x: tf.Tensor, context: tf.Tensor, training: bool = False) -> tf.Tensor:
+        return self.attend(x, context, training)[0]
+
+    def attend(self, x: tf.Tensor, context: tf.Tensor, training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+        """The block's output, and its cross-attention weights [B, T, S] averaged over heads."""
         attended = self.self_attention(x, x, use_causal_mask=True, training=training)
         x = self.self_attention_norm(x + self.dropout(attended, training=training))
-        attended = self.cross_attention(x, context, training=training)
+        attended, weights = self.cross_attention(x, context, return_attention_scores=True, training=training)
         x = self.cross_attention_norm(x + self.dropout(attended, training=training))
-        return self.feed_forward_norm(x + self.dropout(self.feed_forward(x), training=training))
+        output = self.feed_forward_norm(x + self.dropout(self.feed_forward(x), training=training))
+        return output, tf.reduce_mean(weights, axis=1)
 
 
 class TransformerDecoder(keras.Model):
@@ -530,6 +535,18 @@ class TransformerDecoder(keras.Model):
         for block in self.decoder_blocks:
             x = block(x, context, training=training)
         return self.dropout(x, training=training)
+
+    def attention_maps(self, tokens: tf.Tensor, context: tf.Tensor) -> tf.Tensor:
+        """Teacher forcing on an encoded context: the last block's cross-attention [B, T, P] over the image's
+        P positions (renormalised, leaving out the topic and style rows), for the word written at each
+        position."""
+        positions = tf.range(tf.shape(tokens)[1])
+        x = self.token_embedding(tokens) * self.embedding_scale + self.position_embedding(positions)[None]
+        weights = None
+        for block in self.decoder_blocks:
+            x, weights = block.attend(x, context)
+        image = weights[:, :, : self.positions]
+        return image / tf.maximum(tf.reduce_sum(image, axis=-1, keepdims=True), 1e-9)
 
     def call(self, inputs: tuple[tf.Tensor, ...], training: bool = False) -> tf.Tensor:
         """Teacher forcing on backbone features: (tokens [B, T], features [B, P, C][, topic ids [B, K], style

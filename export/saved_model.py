@@ -7,6 +7,7 @@ server polling the base path never sees half a model.
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -77,6 +78,8 @@ class CaptionModule(tf.Module):
         self.tokenize = tf.function(self._tokenize, input_signature=input_signature(TOKENIZE_SIGNATURE))
         self.score = tf.function(self._score, input_signature=input_signature(contract.score))
         self.generate = tf.function(self._generate, input_signature=input_signature(GENERATE_SIGNATURE))
+        if contract.explain is not None:
+            self.explain = tf.function(self._explain, input_signature=input_signature(contract.explain))
         self.start_id = contract.start_id
         self.end_id = contract.end_id
         self.serving_variables = serving_variables(self)
@@ -213,6 +216,12 @@ class CaptionModule(tf.Module):
         mask = tf.sequence_mask(lengths + 1, tf.shape(targets)[1], dtype=tf.float32)
         return {"log_prob": tf.reduce_sum(picked * mask, axis=1), "num_tokens": lengths + 1}
 
+    def _explain(self, context: tf.Tensor, text: tf.Tensor) -> dict[str, tf.Tensor]:
+        ids, lengths = self.tokenizer(text)
+        inputs = tf.concat([tf.fill([tf.shape(ids)[0], 1], self.start_id), ids], axis=1)
+        words = tf.gather(self.tokenizer.vocabulary(), ids)
+        return {"attention": self.decoder.attention_maps(inputs, context), "words": words, "num_words": lengths}
+
     def _metadata_rest(self, unused: tf.Tensor) -> dict[str, tf.Tensor]:
         del unused
         return self._metadata()
@@ -240,6 +249,13 @@ def serving_variables(module: tf.Module) -> list[tf.Variable]:
     return list(found.values())
 
 
+def attention_grid(decoder: Decoder) -> tuple[int, ...]:
+    """The square grid a decoder attends over ((7, 7) for a 7×7 feature map), or () for none."""
+    positions = getattr(decoder, "positions", 0)
+    side = math.isqrt(positions)
+    return (side, side) if hasattr(decoder, "attention_maps") and positions and side * side == positions else ()
+
+
 def caption_module(
     model_config: CaptionModelConfig,
     encoder: ImageEncoder,
@@ -265,6 +281,7 @@ def caption_module(
         styles=tuple(conditioner.styles) if conditioner else (),
         concept_words=tuple(conditioner.concept_words) if conditioner else (),
         concepts_per_image=CONCEPTS_PER_IMAGE if conditioner else 0,
+        attention_grid=attention_grid(decoder),
     )
     return CaptionModule(encoder, decoder, tokenizer, contract, conditioner)
 

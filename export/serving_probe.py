@@ -37,6 +37,7 @@ from memefly.contract import (
     DECODE_STEP,
     DECODE_STEP_REST,
     ENCODE,
+    EXPLAIN,
     GENERATE,
     METADATA,
     METADATA_REST,
@@ -190,6 +191,8 @@ def planned_calls(photos: list[bytes]) -> Generator[Call, dict[str, np.ndarray] 
     # Each caption scored on its image's context (the image's first conditioning row).
     first_row = np.searchsorted(encode_inputs.get("image_index", np.arange(len(photos))), owners)
     yield SCORE, SCORE, {"context": context[first_row], "text": _strings(captions)}
+    if contract.explain is not None:
+        yield EXPLAIN, EXPLAIN, {"context": context[first_row], "text": _strings(captions)}
 
 
 def probe(saved_model_dir: Path, photos: list[bytes] | None, replay: dict[str, Any] | None) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from memefly.contract import (
     DECODE_STEP,
     DECODE_STEP_REST,
     ENCODE,
+    EXPLAIN,
     GENERATE,
     METADATA,
     METADATA_REST,
@@ -74,6 +75,7 @@ def warmup_inputs(contract: ModelContract) -> dict[str, dict[str, np.ndarray]]:
         METADATA_REST: {"unused": np.int32(0)},
         TOKENIZE: {"text": np.array([WARMUP_TEXT.encode()], dtype=object)},
         SCORE: {"context": context, "text": np.array([WARMUP_TEXT.encode()], dtype=object)},
+        EXPLAIN: {"context": context, "text": np.array([WARMUP_TEXT.encode()], dtype=object)},
         GENERATE: {
             "image_bytes": image,
             "prefix": np.array([b""], dtype=object),

@@ -39,6 +39,8 @@ class Caption:
     """The topic words the model wrote about (None: a model without conditioning, or `generate`)."""
     style: str | None = None
     """The template whose voice the caption took."""
+    attention: tuple[tuple[str, list[float]], ...] | None = None
+    """With `explain`: each word and where the decoder looked on the image grid while writing it."""
 
     @property
     def text(self) -> str:
@@ -58,6 +60,10 @@ class CaptionResult:
 
 class UnknownStyleError(ValueError):
     """A style the model does not have, or a topic or style asked of a model without conditioning."""
+
+
+class UnsupportedByModelError(ValueError):
+    """The request asks for something the served model does not export (`explain` of a GRU)."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,8 @@ class CaptionRequest:
     style_beam_width: int | None = None
     """Beam search with one style a caption: the beam width of each caption's search (None: the
     settings' own)."""
+    explain: bool = False
+    """Also ask the model where it looked for each word (one `explain` call, only then)."""
 
 
 class Captioner:
@@ -106,6 +114,11 @@ class Captioner:
     ) -> CaptionResult:
         """Beam search with `SearchSettings`, sampling with `SamplingSettings`."""
         request = request or CaptionRequest()
+        if request.explain and self.info.contract.explain is None:
+            raise UnsupportedByModelError(
+                f"the served model {self.info.name} ({self.info.contract.decoder}) does not attend over an image grid, "
+                "so it cannot explain its captions; ask a transformer model (model=transformer)"
+            )
         if self.info.contract.conditioned:
             return self._caption_conditioned(image_jpeg, settings, request)
         asked = [name for name in ("topic", "style") if getattr(request, name)]
@@ -169,7 +182,8 @@ class Captioner:
             width = request.style_beam_width or settings.beam_width
             settings = replace(settings, beam_width=width, n_best=1)
         whole_search = isinstance(settings, SearchSettings) and not request.context_noise
-        if whole_search and isinstance(self.backend, GenerateBackend) and one_style_each and not request.topic:
+        in_graph = one_style_each and not request.topic and not request.explain
+        if whole_search and isinstance(self.backend, GenerateBackend) and in_graph:
             found = self._result(
                 self.backend.generate(image_jpeg, settings, request.prefix, captions=rows), model_calls=1
             )
@@ -207,6 +221,12 @@ class Captioner:
             )
             model_calls += calls
         merged = _one_style_each_in_turn(per_row_captions)
+        if request.explain and merged:
+            row_of_style = {style: row for row, style in enumerate(encoding.styles)}
+            rows = [row_of_style.get(c.style, 0) for c in merged]
+            explained = self.backend.explain(contexts[rows], ["\n".join(c.boxes) for c in merged])
+            merged = [replace(c, attention=tuple(words)) for c, words in zip(merged, explained, strict=True)]
+            model_calls += 1
         return CaptionResult(merged, self.info.name, self.info.version, model_calls, encoding.concepts[0])
 
     def _prefix(self, request: CaptionRequest) -> tuple[int, ...]:

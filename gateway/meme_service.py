@@ -19,7 +19,14 @@ from PIL import Image
 
 from gateway.admission import Admission
 from gateway.backends import ModelUnavailableError
-from gateway.captioner import Caption, CaptionRequest, CaptionResult, ModelSession, UnknownStyleError
+from gateway.captioner import (
+    Caption,
+    CaptionRequest,
+    CaptionResult,
+    ModelSession,
+    UnknownStyleError,
+    UnsupportedByModelError,
+)
 from gateway.content_filter import ContentFilter
 from gateway.errors import ApiError
 from gateway.images import model_input, open_upload
@@ -212,6 +219,7 @@ class MemeService:
             style=options.style.strip(),
             captions=wanted,
             style_beam_width=self.settings.style_beam_width,
+            explain=options.explain,
         )
         try:
             model, session = self.models.pick(options.model)
@@ -230,6 +238,8 @@ class MemeService:
             raise ApiError(
                 504, "deadline_exceeded", f"no caption within {self.settings.request_timeout_seconds} s"
             ) from error
+        except UnsupportedByModelError as error:
+            raise ApiError(422, "unsupported_by_model", str(error)) from error
         except UnknownStyleError as error:
             code = "unknown_style" if session.captioner().info.contract.conditioned else "unsupported_by_model"
             raise ApiError(422, code, str(error)) from error

@@ -63,6 +63,11 @@ class MemeOptions(BaseModel):
         "Default: the `X-Memefly-Model` header, else the gateway's traffic split (MEMEFLY_MODEL_TRAFFIC), else "
         "MEMEFLY_MODEL_NAME.",
     )
+    explain: bool = Field(
+        False,
+        description="Also return, for each word, where the model looked on the photo (a transformer model's "
+        "attention over the 7×7 image grid); one more model call, made only when asked.",
+    )
     format: Literal["png", "jpeg", "webp"] = "png"
     uppercase: bool = True
     text: list[Annotated[str, StringConstraints(max_length=MAX_BOX_CHARACTERS)]] | None = Field(
@@ -117,6 +122,16 @@ class CaptionOut(BaseModel):
     )
     topic: str | None = Field(None, description="The topic words the caption was written about.")
     style: str | None = Field(None, description="The template whose voice the caption took.")
+    attention: list[WordAttentionOut] | None = Field(
+        None, description="With `explain`: each word, and where the model looked while writing it."
+    )
+
+
+class WordAttentionOut(BaseModel):
+    word: str
+    weights: list[float] = Field(
+        description="Attention over the image grid (a square, row-major from the top left; sums to 1)."
+    )
 
 
 class ConceptOut(BaseModel):

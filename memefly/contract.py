@@ -22,6 +22,7 @@ endpoint offers) cannot call a signature without inputs."""
 TOKENIZE = "tokenize"
 SCORE = "score"
 GENERATE = "generate"
+EXPLAIN = "explain"
 
 PAD, START, END, UNK, SEP = "<pad>", "<start>", "<end>", "<unk>", "<sep>"
 SPECIAL_TOKENS = (PAD, START, END, UNK, SEP)
@@ -135,6 +136,25 @@ def score_signature(context_shape: tuple[int, ...]) -> SignatureSpec:
     )
 
 
+def explain_signature(context_shape: tuple[int, ...], grid: tuple[int, ...]) -> SignatureSpec:
+    """Where the decoder looked while it wrote each word of each caption: its cross-attention over the
+    image's grid positions (rows of `grid`, row-major), averaged over heads, for each of the caption's
+    `words` (its tokens as the model reads them; the one after the last, at `num_words`, is `<end>`).
+    Models whose decoder attends over a grid export it; only a request that asks for it calls it."""
+    positions = 1
+    for side in grid:
+        positions *= side
+    return SignatureSpec(
+        EXPLAIN,
+        inputs=(TensorSpec("context", "float32", (None, *context_shape)), TensorSpec("text", "string", (None,))),
+        outputs=(
+            TensorSpec("attention", "float32", (None, None, positions)),
+            TensorSpec("words", "string", (None, None)),
+            TensorSpec("num_words", "int32", (None,)),
+        ),
+    )
+
+
 GENERATE_MAX_BEAM_WIDTH = 32
 """The widest beam `generate` accepts: a bound on the work one call can ask for."""
 
@@ -199,6 +219,8 @@ class ModelContract:
     concept_words: tuple[str, ...] = ()
     """Every word `encode` may name as a concept."""
     concepts_per_image: int = 0
+    attention_grid: tuple[int, ...] = ()
+    """The image grid the decoder attends over ((7, 7)), when it exports `explain`; () for none."""
     special_tokens: dict[str, int] = field(default_factory=lambda: {token: i for i, token in enumerate(SPECIAL_TOKENS)})
 
     @property
@@ -242,13 +264,17 @@ class ModelContract:
     def score(self) -> SignatureSpec:
         return score_signature(self.context_shape)
 
+    @property
+    def explain(self) -> SignatureSpec | None:
+        return explain_signature(self.context_shape, self.attention_grid) if self.attention_grid else None
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ModelContract:
         fields = json.loads(text)
-        for name in ("context_shape", "styles", "concept_words"):
+        for name in ("context_shape", "styles", "concept_words", "attention_grid"):
             if name in fields:
                 fields[name] = tuple(fields[name])
         return cls(**fields)
@@ -271,4 +297,5 @@ def signatures(contract: ModelContract) -> tuple[SignatureSpec, ...]:
         TOKENIZE_SIGNATURE,
         contract.score,
         GENERATE_SIGNATURE,
+        *((contract.explain,) if contract.explain else ()),
     )

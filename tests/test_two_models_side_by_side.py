@@ -75,3 +75,26 @@ def test_a_traffic_split_naming_a_model_not_served_stops_start_up(two_models: Pa
     settings = embedded_settings(two_models, tmp_path, model_traffic={TRANSFORMER: 100})
     with pytest.raises(ValueError, match="not served"), TestClient(create_app(settings)):
         pass
+
+
+def test_explain_returns_each_words_attention_over_the_photo_and_costs_one_call_only_when_asked(
+    two_models: Path, tmp_path: Path, chelsea_jpeg: bytes
+) -> None:
+    settings = embedded_settings(two_models, tmp_path, models=[TRANSFORMER])
+    files = {"image": ("c.jpg", chelsea_jpeg, "image/jpeg")}
+    with TestClient(create_app(settings)) as client:
+        plain = client.post("/v1/memes", files=files, data={"model": "transformer"}, headers=JSON).json()
+        explained = client.post(
+            "/v1/memes", files=files, data={"model": "transformer", "explain": "true"}, headers=JSON
+        ).json()
+        refused = client.post("/v1/memes", files=files, data={"model": "gru", "explain": "true"}, headers=JSON)
+    assert all(caption["attention"] is None for caption in plain["captions"])
+    assert explained["rpcs"] == plain["rpcs"] + 1
+    assert [c["text"] for c in explained["captions"]] == [c["text"] for c in plain["captions"]]
+    for caption in explained["captions"]:
+        words = [pair["word"] for pair in caption["attention"]]
+        assert words and " ".join(words) == " ".join(caption["text"].replace(" / ", " ").split())
+        for pair in caption["attention"]:
+            assert len(pair["weights"]) == 49 and abs(sum(pair["weights"]) - 1) < 1e-2
+            assert min(pair["weights"]) >= 0
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "unsupported_by_model"

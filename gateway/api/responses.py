@@ -7,7 +7,7 @@ from urllib.parse import quote
 from fastapi import Request, Response
 
 from gateway.meme_service import Meme
-from gateway.schemas import CaptionOut, ConceptOut, MemeResponse, ModelOut
+from gateway.schemas import CaptionOut, ConceptOut, MemeResponse, ModelOut, WordAttentionOut
 
 
 def meme_response(
@@ -28,6 +28,9 @@ def meme_response(
                     specificity=c.specificity,
                     topic=c.topic,
                     style=c.style,
+                    attention=[WordAttentionOut(word=w, weights=weights) for w, weights in c.attention]
+                    if c.attention is not None
+                    else None,
                 )
                 for c in result.captions
             ],

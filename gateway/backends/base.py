@@ -9,7 +9,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import numpy as np
 
 from gateway.search import Hypothesis, SearchSettings
-from memefly.contract import ModelContract, SignatureSpec, signatures
+from memefly.contract import SEP, ModelContract, SignatureSpec, signatures
 
 
 class ModelUnavailableError(RuntimeError):
@@ -168,6 +168,11 @@ class ModelBackend(Protocol):
         """log P(text | context) [N] for contexts [N, ...] as `encode` returns them (the `score` signature)."""
         ...
 
+    def explain(self, context: np.ndarray, texts: list[str]) -> list[list[tuple[str, list[float]]]]:
+        """For each text, its words with the decoder's attention over the image grid while writing each (the
+        `explain` signature; `ModelVersionGoneError`-style errors as the others, `KeyError` without it)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -181,3 +186,20 @@ class GenerateBackend(Protocol):
         """The n best captions of one image, best first; `prefix` is tokenized by the model. A model with
         styles gives `captions` captions instead, each the best of its own style's beam, in style order."""
         ...
+
+
+def explanations(outputs: dict[str, Any]) -> list[list[tuple[str, list[float]]]]:
+    """The `explain` signature's outputs as each caption's (word, attention over the grid) pairs; the box
+    separator is left out, as it is not drawn."""
+    attention = np.asarray(outputs["attention"], np.float32)
+    words = np.asarray(outputs["words"], object)
+    counts = np.asarray(outputs["num_words"]).reshape(-1)
+    explained = []
+    for row, count in enumerate(counts):
+        pairs = []
+        for position in range(int(count)):
+            word = _text(words[row][position])
+            if word != SEP:
+                pairs.append((word, [round(float(v), 4) for v in attention[row][position]]))
+        explained.append(pairs)
+    return explained

@@ -17,11 +17,12 @@ from gateway.backends.base import (
     default_conditions,
     encode_inputs,
     encoding_from_outputs,
+    explanations,
     signature_inputs,
     signature_outputs,
     signature_specs,
 )
-from memefly.contract import DECODE_STEP, ENCODE, METADATA, SCORE, TOKENIZE, ModelContract, SignatureSpec
+from memefly.contract import DECODE_STEP, ENCODE, EXPLAIN, METADATA, SCORE, TOKENIZE, ModelContract, SignatureSpec
 from memefly.paths import model_versions
 
 
@@ -89,6 +90,11 @@ class EmbeddedBackend:
         spec = self.specs[SCORE]
         inputs = signature_inputs(spec, context=context, text=[text.encode("utf-8") for text in texts])
         return self._call(spec, inputs)["log_prob"]
+
+    def explain(self, context: np.ndarray, texts: list[str]) -> list[list[tuple[str, list[float]]]]:
+        spec = self.specs[EXPLAIN]
+        inputs = signature_inputs(spec, context=context, text=[text.encode("utf-8") for text in texts])
+        return explanations(self._call(spec, inputs))
 
     def _contract(self) -> ModelContract:
         return ModelContract.from_json(self.signatures[METADATA]()["contract"].numpy())

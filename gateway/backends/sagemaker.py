@@ -43,6 +43,7 @@ from gateway.backends.base import (
     default_conditions,
     encode_inputs,
     encoding_from_outputs,
+    explanations,
     signature_inputs,
     signature_specs,
 )
@@ -50,6 +51,7 @@ from gateway.search import Hypothesis, SearchSettings
 from memefly.contract import (
     DECODE_STEP,
     ENCODE,
+    EXPLAIN,
     GENERATE,
     METADATA_REST,
     SCORE,
@@ -166,6 +168,12 @@ class SageMakerBackend:
         spec = self.specs[SCORE]
         outputs = self._predict(spec, signature_inputs(spec, context=context, text=[t.encode("utf-8") for t in texts]))
         return np.asarray(outputs["log_prob"], np.float32).reshape(-1)
+
+    def explain(self, context: np.ndarray, texts: list[str]) -> list[list[tuple[str, list[float]]]]:
+        spec = self.specs[EXPLAIN]
+        return explanations(
+            self._predict(spec, signature_inputs(spec, context=context, text=[t.encode() for t in texts]))
+        )
 
     def close(self) -> None:
         self._client.close()

@@ -24,12 +24,13 @@ from gateway.backends.base import (
     default_conditions,
     encode_inputs,
     encoding_from_outputs,
+    explanations,
     signature_inputs,
     signature_outputs,
     signature_specs,
 )
 from gateway.tensors import array_to_proto, proto_to_array, strings_to_proto
-from memefly.contract import DECODE_STEP, ENCODE, METADATA, SCORE, TOKENIZE, ModelContract, SignatureSpec
+from memefly.contract import DECODE_STEP, ENCODE, EXPLAIN, METADATA, SCORE, TOKENIZE, ModelContract, SignatureSpec
 
 # Predict is idempotent, so a call that found the server unavailable is retried by grpc itself,
 # bounded and with jittered backoff; every other failure reaches the caller at once. The throttle
@@ -164,6 +165,11 @@ class TfServingBackend:
         spec = self.specs[SCORE]
         inputs = signature_inputs(spec, context=context, text=[text.encode("utf-8") for text in texts])
         return self._predict(spec, inputs)["log_prob"]
+
+    def explain(self, context: np.ndarray, texts: list[str]) -> list[list[tuple[str, list[float]]]]:
+        spec = self.specs[EXPLAIN]
+        inputs = signature_inputs(spec, context=context, text=[text.encode("utf-8") for text in texts])
+        return explanations(self._predict(spec, inputs))
 
     def close(self) -> None:
         self._channel.close()
