@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from gateway.admission import Admission
 from gateway.api import automatic, health, memegen, memes, page, styles, templates
 from gateway.api import metrics as metrics_routes
+from gateway.api import models as model_routes
 from gateway.backends import ModelBackend, ModelInfo, ModelUnavailableError
 from gateway.captioner import ModelSession
 from gateway.content_filter import ContentFilter
@@ -141,6 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(memes.router)
     app.include_router(templates.router)
     app.include_router(styles.router)
+    app.include_router(model_routes.router)
     app.include_router(memegen.router)
     app.include_router(page.router)
     return app

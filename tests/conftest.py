@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import MODEL_NAME, photo_jpeg, serving_model
+from tests.support import MODEL_NAME, TRANSFORMER_MODEL_NAME, photo_jpeg, serving_model
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -89,3 +90,14 @@ def serving_target(model_base_path: Path, tmp_path_factory: pytest.TempPathFacto
     """The local serving tier, as a subprocess on a free port, serving the tiny model."""
     with serving_model(model_base_path, tmp_path_factory.mktemp("serving") / "server.log") as target:
         yield target
+
+
+@pytest.fixture(scope="session")
+def two_models(model_base_path: Path, tiny_transformer_training, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`<base>/memefly/1/` (the tiny GRU) and `<base>/memefly-transformer/1/` (the tiny transformer)."""
+    from export.saved_model import export_saved_model
+
+    base = tmp_path_factory.mktemp("two-models")
+    shutil.copytree(model_base_path / MODEL_NAME, base / MODEL_NAME)
+    export_saved_model(tiny_transformer_training.module, base / TRANSFORMER_MODEL_NAME, version=1)
+    return base

@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # TensorFlow, the gateway and the tier are imported by the he
     from gateway.settings import Settings
     from serving.tier import ServingTier, TierOptions
 
+TRANSFORMER_MODEL_NAME = "memefly-transformer"
+"""The second model the side-by-side tests serve beside `MODEL_NAME`."""
 MODEL_NAME = "memefly"
 
 

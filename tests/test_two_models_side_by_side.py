@@ -3,7 +3,6 @@ names one (by name or decoder, in the body or a header), or the traffic split pi
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -11,21 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.app import create_app
-from tests.support import MODEL_NAME, embedded_settings
+from tests.support import MODEL_NAME, TRANSFORMER_MODEL_NAME, embedded_settings
 
-TRANSFORMER = "memefly-transformer"
 JSON = {"Accept": "application/json"}
-
-
-@pytest.fixture(scope="module")
-def two_models(model_base_path: Path, tiny_transformer_training, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`<base>/memefly/1/` (the tiny GRU) and `<base>/memefly-transformer/1/` (the tiny transformer)."""
-    from export.saved_model import export_saved_model
-
-    base = tmp_path_factory.mktemp("two-models")
-    shutil.copytree(model_base_path / MODEL_NAME, base / MODEL_NAME)
-    export_saved_model(tiny_transformer_training.module, base / TRANSFORMER, version=1)
-    return base
 
 
 def _model_of(client: TestClient, chelsea_jpeg: bytes, headers: dict | None = None, **fields: str) -> str:
@@ -38,17 +25,17 @@ def _model_of(client: TestClient, chelsea_jpeg: bytes, headers: dict | None = No
 def test_a_request_picks_its_model_by_name_decoder_or_header(
     two_models: Path, tmp_path: Path, chelsea_jpeg: bytes
 ) -> None:
-    settings = embedded_settings(two_models, tmp_path, models=[TRANSFORMER])
+    settings = embedded_settings(two_models, tmp_path, models=[TRANSFORMER_MODEL_NAME])
     with TestClient(create_app(settings)) as client:
-        assert client.get("/readyz").json()["models"] == {MODEL_NAME: 1, TRANSFORMER: 1}
+        assert client.get("/readyz").json()["models"] == {MODEL_NAME: 1, TRANSFORMER_MODEL_NAME: 1}
         assert _model_of(client, chelsea_jpeg) == MODEL_NAME
-        assert _model_of(client, chelsea_jpeg, model="transformer") == TRANSFORMER
+        assert _model_of(client, chelsea_jpeg, model="transformer") == TRANSFORMER_MODEL_NAME
         assert _model_of(client, chelsea_jpeg, model="gru") == MODEL_NAME
-        assert _model_of(client, chelsea_jpeg, model=TRANSFORMER) == TRANSFORMER
-        assert _model_of(client, chelsea_jpeg, {"X-Memefly-Model": "transformer"}) == TRANSFORMER
+        assert _model_of(client, chelsea_jpeg, model=TRANSFORMER_MODEL_NAME) == TRANSFORMER_MODEL_NAME
+        assert _model_of(client, chelsea_jpeg, {"X-Memefly-Model": "transformer"}) == TRANSFORMER_MODEL_NAME
         assert _model_of(client, chelsea_jpeg, {"X-Memefly-Model": "transformer"}, model="gru") == MODEL_NAME
         template = client.post("/v1/templates/drake/memes", json={"model": "transformer"}, headers=JSON).json()
-        assert template["model"]["name"] == TRANSFORMER
+        assert template["model"]["name"] == TRANSFORMER_MODEL_NAME
         unknown = client.post(
             "/v1/memes", files={"image": ("c.jpg", chelsea_jpeg, "image/jpeg")}, data={"model": "lstm"}
         )
@@ -60,19 +47,22 @@ def test_the_traffic_split_sends_requests_to_both_models_and_metrics_count_each(
     two_models: Path, tmp_path: Path, chelsea_jpeg: bytes
 ) -> None:
     settings = embedded_settings(
-        two_models, tmp_path, models=[TRANSFORMER], model_traffic={MODEL_NAME: 50, TRANSFORMER: 50}
+        two_models,
+        tmp_path,
+        models=[TRANSFORMER_MODEL_NAME],
+        model_traffic={MODEL_NAME: 50, TRANSFORMER_MODEL_NAME: 50},
     )
     with TestClient(create_app(settings)) as client:
         served = Counter(_model_of(client, chelsea_jpeg) for _ in range(16))
         metrics = client.get("/metrics").text
     # 16 fair draws all landing on one side happen with probability 2 × 2⁻¹⁶.
-    assert set(served) == {MODEL_NAME, TRANSFORMER}, served
+    assert set(served) == {MODEL_NAME, TRANSFORMER_MODEL_NAME}, served
     for model, count in served.items():
         assert f'memefly_memes_generated_total{{backend="embedded",model="{model}"}} {float(count)}' in metrics
 
 
 def test_a_traffic_split_naming_a_model_not_served_stops_start_up(two_models: Path, tmp_path: Path) -> None:
-    settings = embedded_settings(two_models, tmp_path, model_traffic={TRANSFORMER: 100})
+    settings = embedded_settings(two_models, tmp_path, model_traffic={TRANSFORMER_MODEL_NAME: 100})
     with pytest.raises(ValueError, match="not served"), TestClient(create_app(settings)):
         pass
 
@@ -80,7 +70,7 @@ def test_a_traffic_split_naming_a_model_not_served_stops_start_up(two_models: Pa
 def test_explain_returns_each_words_attention_over_the_photo_and_costs_one_call_only_when_asked(
     two_models: Path, tmp_path: Path, chelsea_jpeg: bytes
 ) -> None:
-    settings = embedded_settings(two_models, tmp_path, models=[TRANSFORMER])
+    settings = embedded_settings(two_models, tmp_path, models=[TRANSFORMER_MODEL_NAME])
     files = {"image": ("c.jpg", chelsea_jpeg, "image/jpeg")}
     with TestClient(create_app(settings)) as client:
         plain = client.post("/v1/memes", files=files, data={"model": "transformer"}, headers=JSON).json()

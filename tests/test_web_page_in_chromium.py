@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -14,7 +16,8 @@ import pytest
 import uvicorn
 
 from gateway.app import create_app
-from tests.support import embedded_settings, free_port
+from gateway.settings import Settings
+from tests.support import TRANSFORMER_MODEL_NAME, embedded_settings, free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Without these Chromium reaches for Google's hosts, which this closed network refuses.
@@ -29,12 +32,9 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def base_url(model_base_path: Path, tmp_path_factory: pytest.TempPathFactory):
-    settings = embedded_settings(
-        model_base_path,
-        tmp_path_factory.mktemp("memes"),
-    )
+@contextlib.contextmanager
+def serving_page(settings: Settings) -> Iterator[str]:
+    """The gateway on a free port in a uvicorn thread, ready; its base URL."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -47,9 +47,17 @@ def base_url(model_base_path: Path, tmp_path_factory: pytest.TempPathFactory):
                 break
         except httpx.TransportError:
             time.sleep(0.2)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def base_url(model_base_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    with serving_page(embedded_settings(model_base_path, tmp_path_factory.mktemp("memes"))) as url:
+        yield url
 
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -214,5 +222,59 @@ def test_page_gallery_upload_candidates_edit_and_more_like_this(
             phone.evaluate("document.getElementById('candidates').scrollIntoView()")
             phone_masks = [phone.locator(selector) for selector in MODEL_WRITTEN]
             assert_matches_golden(phone.screenshot(mask=phone_masks), "page-phone", tmp_path)
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def two_models_url(two_models: Path, tmp_path_factory: pytest.TempPathFactory):
+    settings = embedded_settings(two_models, tmp_path_factory.mktemp("memes"), models=[TRANSFORMER_MODEL_NAME])
+    with serving_page(settings) as url:
+        yield url
+
+
+@pytest.mark.skipif(
+    not Path(CHROMIUM).exists() and not os.environ.get("CI"),
+    reason="Debian's chromium is not installed (.ci/run installs it, and in CI this test never skips)",
+)
+def test_page_picks_the_transformer_and_shows_where_it_looked_word_by_word(
+    two_models_url: str, tmp_path: Path, chelsea_jpeg: bytes
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    photo = tmp_path / "chelsea.jpg"
+    photo.write_bytes(chelsea_jpeg)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=DESKTOP)
+            page.goto(two_models_url + "/")
+            expect(page.locator("#model option")).to_have_count(2, timeout=20_000)
+            expect(page.locator("#model-box")).to_be_visible()
+            expect(page.locator("#explain-box")).to_be_hidden()  # the default GRU cannot explain
+            page.select_option("#model", TRANSFORMER_MODEL_NAME)
+            expect(page.locator("#explain-box")).to_be_visible()
+            page.check("#explain")
+            page.set_input_files("#file", str(photo))
+            page.fill("#n", "1")
+            page.click("#generate")
+            _wait_for_candidates(page, 1)
+            words = page.locator(".candidate .words button")
+            expect(words.first).to_be_visible()
+            words.first.click()
+            expect(words.first).to_have_attribute("aria-pressed", "true")
+            shaded = page.evaluate(
+                """() => {
+                    const canvas = document.querySelector(".candidate canvas");
+                    const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+                    let shaded = 0;
+                    for (let i = 3; i < pixels.length; i += 4) if (pixels[i] > 0) shaded += 1;
+                    return { shaded, total: pixels.length / 4, width: canvas.width };
+                }"""
+            )
+            # The heat map darkens where the model looked least: some of the photo, never all of it.
+            assert shaded["width"] > 0 and 0 < shaded["shaded"] < shaded["total"], shaded
+            words.first.click()
+            expect(words.first).to_have_attribute("aria-pressed", "false")
         finally:
             browser.close()
