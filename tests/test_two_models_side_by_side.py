@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.app import create_app
+from gateway.settings import Settings
 from tests.support import MODEL_NAME, TRANSFORMER_MODEL_NAME, embedded_settings
 
 JSON = {"Accept": "application/json"}
@@ -88,3 +89,43 @@ def test_explain_returns_each_words_attention_over_the_photo_and_costs_one_call_
             assert len(pair["weights"]) == 49 and abs(sum(pair["weights"]) - 1) < 1e-2
             assert min(pair["weights"]) >= 0
     assert refused.status_code == 422 and refused.json()["error"]["code"] == "unsupported_by_model"
+
+
+def test_one_serving_tier_serves_both_models_from_a_models_config_each_with_its_own_version_policy(
+    two_models: Path, tmp_path: Path, chelsea_jpeg: bytes
+) -> None:
+    """As compose runs TF Serving: one `models.config` naming both models; the gateway on the tfserving
+    backend keeps one session per model over the same serving tier."""
+    from tests.support import free_port, serving_process, wait_for_model_status
+
+    config = tmp_path / "models.config"
+    config.write_text(
+        f"""model_config_list {{
+  config {{ name: "{MODEL_NAME}" base_path: "{two_models / MODEL_NAME}" model_platform: "tensorflow"
+    model_version_policy {{ latest {{ num_versions: 1 }} }} }}
+  config {{ name: "{TRANSFORMER_MODEL_NAME}" base_path: "{two_models / TRANSFORMER_MODEL_NAME}"
+    model_platform: "tensorflow" model_version_policy {{ specific {{ versions: 1 }} }} }}
+}}
+"""
+    )
+    port = free_port()
+    with serving_process([f"--port={port}", f"--model_config_file={config}"], tmp_path / "serving.log") as process:
+        target = f"127.0.0.1:{port}"
+        for name in (MODEL_NAME, TRANSFORMER_MODEL_NAME):
+            wait_for_model_status(target, name, process)
+        settings = Settings(
+            backend="tfserving",
+            tfserving_target=target,
+            model_name=MODEL_NAME,
+            models=[TRANSFORMER_MODEL_NAME],
+            meme_store_dir=tmp_path,
+        )
+        with TestClient(create_app(settings)) as client:
+            assert client.get("/readyz").json()["models"] == {MODEL_NAME: 1, TRANSFORMER_MODEL_NAME: 1}
+            assert _model_of(client, chelsea_jpeg) == MODEL_NAME
+            assert _model_of(client, chelsea_jpeg, model="transformer") == TRANSFORMER_MODEL_NAME
+            listed = client.get("/v1/models").json()
+    assert [(m["name"], m["decoder"], m["default"], m["explains"]) for m in listed] == [
+        (MODEL_NAME, "gru", True, False),
+        (TRANSFORMER_MODEL_NAME, "transformer", False, True),
+    ]
