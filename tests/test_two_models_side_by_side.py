@@ -91,11 +91,13 @@ def test_explain_returns_each_words_attention_over_the_photo_and_costs_one_call_
     assert refused.status_code == 422 and refused.json()["error"]["code"] == "unsupported_by_model"
 
 
+@pytest.mark.parametrize("backend", ["tfserving", "sagemaker"])
 def test_one_serving_tier_serves_both_models_from_a_models_config_each_with_its_own_version_policy(
-    two_models: Path, tmp_path: Path, chelsea_jpeg: bytes
+    backend: str, two_models: Path, tmp_path: Path, chelsea_jpeg: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """As compose runs TF Serving: one `models.config` naming both models; the gateway on the tfserving
-    backend keeps one session per model over the same serving tier."""
+    """As compose runs TF Serving, and as the SageMaker container does with both models in its archive: one
+    `models.config` naming both; the gateway keeps one session per model over the same serving tier (on
+    SageMaker, one endpoint whose `tfs-model-name` attribute picks the model)."""
     from tests.support import free_port, serving_process, wait_for_model_status
 
     config = tmp_path / "models.config"
@@ -108,17 +110,29 @@ def test_one_serving_tier_serves_both_models_from_a_models_config_each_with_its_
 }}
 """
     )
-    port = free_port()
-    with serving_process([f"--port={port}", f"--model_config_file={config}"], tmp_path / "serving.log") as process:
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(name, value)
+    port, sagemaker_port = free_port(), free_port()
+    args = [f"--port={port}", f"--sagemaker_port={sagemaker_port}", f"--model_config_file={config}"]
+    with serving_process(args, tmp_path / "serving.log") as process:
         target = f"127.0.0.1:{port}"
         for name in (MODEL_NAME, TRANSFORMER_MODEL_NAME):
             wait_for_model_status(target, name, process)
+        tier = (
+            {"tfserving_target": target}
+            if backend == "tfserving"
+            else {
+                "sagemaker_endpoint_url": f"http://127.0.0.1:{sagemaker_port}",
+                "sagemaker_region": "us-east-1",
+                "sagemaker_model_version": 1,  # REST answers do not say which version answered
+            }
+        )
         settings = Settings(
-            backend="tfserving",
-            tfserving_target=target,
+            backend=backend,
             model_name=MODEL_NAME,
             models=[TRANSFORMER_MODEL_NAME],
             meme_store_dir=tmp_path,
+            **tier,
         )
         with TestClient(create_app(settings)) as client:
             assert client.get("/readyz").json()["models"] == {MODEL_NAME: 1, TRANSFORMER_MODEL_NAME: 1}
