@@ -353,7 +353,7 @@ class StepLoopMode:
         content_filter = ContentFilter.from_settings(
             PRODUCT_SETTINGS.content_filter, PRODUCT_SETTINGS.blocked_words_file
         )
-        models = ModelRouter.single(backend.model_name, self.session)
+        models = ModelRouter.single(self.info.name, self.session)
         self.memes = MemeService(PRODUCT_SETTINGS, models, TemplateStore(None), None, content_filter, Metrics())
 
     def meme(self, image: bytes) -> MemeOutcome:

@@ -108,9 +108,11 @@ def _wait_for_candidates(page, count: int) -> None:
 
     expect(page.locator(".candidate")).to_have_count(count, timeout=60_000)
     page.wait_for_function(
-        "[...document.querySelectorAll('.candidate img')].every((img) => img.complete && img.naturalWidth > 0)",
-        timeout=60_000,
+        "document.getElementById('error').textContent !== '' ||"
+        " [...document.querySelectorAll('.candidate img')].every((img) => img.complete && img.naturalWidth > 0)",
+        timeout=120_000,
     )
+    assert page.locator("#error").inner_text() == "", page.locator("#error").inner_text()
     expect(page.locator("#progress-box")).to_be_hidden(timeout=30_000)
 
 
