@@ -11,6 +11,10 @@ MODEL_BASE_PATH ?= models
 MODEL_DIR := $(MODEL_BASE_PATH)/$(MODEL_NAME)
 PRESET ?= slice
 BUNDLE ?= model
+# The attention captioner, served beside the GRU when its bundle is in the checkout (README, "Two models").
+TRANSFORMER_BUNDLE ?= model-transformer
+TRANSFORMER_MODEL_NAME ?= memefly-transformer
+MORE_MODELS := $(if $(wildcard $(TRANSFORMER_BUNDLE)/config.json),$(TRANSFORMER_MODEL_NAME))
 HOST ?= 127.0.0.1
 PORT ?= 8000
 GRPC_PORT ?= 8500
@@ -59,14 +63,17 @@ serving-check: model $(SERVING_VENVS)
 # Builds the model only when no version exists yet: assembled from the committed bundle in model/
 # when there is one (seconds), else trained from the slice preset (minutes).
 model: $(STAMP)
-	@latest=$$(ls $(MODEL_DIR) 2>/dev/null | grep -E '^[0-9]+$$' | sort -n | tail -n 1); \
-	if [ -n "$$latest" ] && [ -z "$$(find $(BUNDLE) export -newer $(MODEL_DIR)/$$latest/saved_model.pb -type f \( -path '$(BUNDLE)/*' -o -name '*.py' \) 2>/dev/null | head -n 1)" ]; then \
-		echo "model present: $(MODEL_DIR)/$$latest (newer than $(BUNDLE)/ and export/)"; \
-	elif [ -f $(BUNDLE)/config.json ]; then \
-		$(BIN)/memefly build-model --bundle $(BUNDLE) --model-base-path $(MODEL_BASE_PATH); \
-	else \
-		$(BIN)/memefly build-model --preset $(PRESET) --model-base-path $(MODEL_BASE_PATH); \
-	fi
+	@for pair in $(BUNDLE):$(MODEL_NAME) $(if $(MORE_MODELS),$(TRANSFORMER_BUNDLE):$(TRANSFORMER_MODEL_NAME)); do \
+		bundle=$${pair%%:*}; dir=$(MODEL_BASE_PATH)/$${pair##*:}; \
+		latest=$$(ls $$dir 2>/dev/null | grep -E '^[0-9]+$$' | sort -n | tail -n 1); \
+		if [ -n "$$latest" ] && [ -z "$$(find $$bundle export -newer $$dir/$$latest/saved_model.pb -type f \( -path "$$bundle/*" -o -name '*.py' \) 2>/dev/null | head -n 1)" ]; then \
+			echo "model present: $$dir/$$latest (newer than $$bundle/ and export/)"; \
+		elif [ -f $$bundle/config.json ]; then \
+			$(BIN)/memefly build-model --bundle $$bundle --model-base-path $(MODEL_BASE_PATH) || exit 1; \
+		else \
+			$(BIN)/memefly build-model --preset $(PRESET) --model-base-path $(MODEL_BASE_PATH) || exit 1; \
+		fi; \
+	done
 
 # The meme data set for training and evaluation: ../shared/data/memes (or $$MEMEFLY_DATA_DIR) when it is
 # there, else built into data/memes from its pinned public sources (export/sources.json); offline, it says
@@ -82,8 +89,10 @@ train: $(STAMP)
 evaluate: $(STAMP)
 	$(BIN)/memefly evaluate --bundle-dir $(BUNDLE)
 
+# Serves the transformer beside the GRU when its bundle is there; MEMEFLY_MODELS set by you wins.
 run: model
-	$(BIN)/memefly serve --backend embedded --host $(HOST) --port $(PORT)
+	$(if $(MEMEFLY_MODELS),,MEMEFLY_MODELS='[$(if $(MORE_MODELS),"$(MORE_MODELS)")]') \
+		$(BIN)/memefly serve --backend embedded --host $(HOST) --port $(PORT)
 
 # The local stand-in for tensorflow_model_server (see README); with Docker, use docker compose instead.
 serve-local: model
