@@ -20,6 +20,10 @@ from gateway.settings import Settings
 from tests.support import TRANSFORMER_MODEL_NAME, embedded_settings, free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+needs_chromium = pytest.mark.skipif(
+    not Path(CHROMIUM).exists() and not os.environ.get("CI"),
+    reason="Debian's chromium is not installed (.ci/run installs it, and in CI this test never skips)",
+)
 # Without these Chromium reaches for Google's hosts, which this closed network refuses.
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -120,10 +124,7 @@ MODEL_WRITTEN = ["#candidates img", ".candidate .caption", ".candidate .used", "
 """What the model writes differs with its training; the golden images mask it and keep the layout."""
 
 
-@pytest.mark.skipif(
-    not Path(CHROMIUM).exists() and not os.environ.get("CI"),
-    reason="Debian's chromium is not installed (.ci/run installs it, and in CI this test never skips)",
-)
+@needs_chromium
 def test_page_gallery_upload_candidates_edit_and_more_like_this(
     base_url: str, tmp_path: Path, chelsea_jpeg: bytes
 ) -> None:
@@ -235,10 +236,7 @@ def two_models_url(two_models: Path, tmp_path_factory: pytest.TempPathFactory):
         yield url
 
 
-@pytest.mark.skipif(
-    not Path(CHROMIUM).exists() and not os.environ.get("CI"),
-    reason="Debian's chromium is not installed (.ci/run installs it, and in CI this test never skips)",
-)
+@needs_chromium
 def test_page_picks_the_transformer_and_shows_where_it_looked_word_by_word(
     two_models_url: str, tmp_path: Path, chelsea_jpeg: bytes
 ) -> None:
