@@ -57,8 +57,10 @@ serving-venvs: $(SERVING_VENVS)
 # real photos and compares with the export's TensorFlow; `make deploy` and `make compose-up` need its record.
 # SERVING_CHECK_ARGS='--version 3' for another version.
 serving-check: model $(SERVING_VENVS)
-	$(BIN)/python -m export.serving_check --model-base-path $(MODEL_BASE_PATH) --model-name $(MODEL_NAME) \
-		$(SERVING_CHECK_ARGS)
+	@for name in $(MODEL_NAME) $(MORE_MODELS); do \
+		$(BIN)/python -m export.serving_check --model-base-path $(MODEL_BASE_PATH) --model-name $$name \
+			$(SERVING_CHECK_ARGS) || exit 1; \
+	done
 
 # Builds the model only when no version exists yet: assembled from the committed bundle in model/
 # when there is one (seconds), else trained from the slice preset (minutes).

@@ -104,6 +104,7 @@ PRESETS: dict[str, tuple[CaptionModelConfig, TrainConfig]] = {
         CaptionModelConfig(
             encoder="efficientnet_lite0",
             decoder="transformer",
+            model_name="memefly-transformer",
             vocab_size=6000,
             max_length=24,
             d_model=128,

@@ -20,7 +20,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from memefly.contract import GENERATE
 from memefly.paths import DEFAULT_MODEL_BASE_PATH, DEFAULT_MODEL_NAME, REPO_ROOT
 from serving.batching_options import BatchingParameters
-from tests.support import MODEL_NAME, free_port, grpc_predict, prediction_stub
+from tests.support import MODEL_NAME, TRANSFORMER_MODEL_NAME, free_port, grpc_predict, prediction_stub
 
 COMPOSE = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
 TFSERVING = COMPOSE["services"]["tfserving"]
@@ -76,11 +76,12 @@ def models_config() -> model_server_config_pb2.ModelServerConfig:
     return text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
 
 
-def test_models_config_is_a_valid_model_server_config() -> None:
-    (model,) = models_config().model_config_list.config
-    assert model.name == DEFAULT_MODEL_NAME
-    assert model.base_path == f"/models/{DEFAULT_MODEL_NAME}"
-    assert model.model_platform == "tensorflow"
+def test_models_config_is_a_valid_model_server_config_naming_the_gru_and_the_transformer() -> None:
+    models = models_config().model_config_list.config
+    assert [model.name for model in models] == [DEFAULT_MODEL_NAME, TRANSFORMER_MODEL_NAME]
+    for model in models:
+        assert model.base_path == f"/models/{model.name}"
+        assert model.model_platform == "tensorflow"
 
 
 def test_compose_runs_tf_serving_and_the_gateway_on_its_grpc_port() -> None:
@@ -93,6 +94,7 @@ def test_compose_runs_tf_serving_and_the_gateway_on_its_grpc_port() -> None:
         "MEMEFLY_BACKEND": "tfserving",
         "MEMEFLY_TFSERVING_TARGET": f"tfserving:{served['port']}",
         "MEMEFLY_MODEL_NAME": DEFAULT_MODEL_NAME,
+        "MEMEFLY_MODELS": f'["{TRANSFORMER_MODEL_NAME}"]',
     }
     assert GATEWAY["ports"] == ["8000:8000"] and GATEWAY["depends_on"] == ["tfserving"]
 
@@ -110,10 +112,11 @@ def test_every_config_flag_names_a_mounted_repository_file() -> None:
 
 
 def test_the_mounted_models_are_where_the_export_writes_and_where_models_config_points() -> None:
-    (model,) = models_config().model_config_list.config
-    assert on_host(model.base_path, mounts(TFSERVING)) == DEFAULT_MODEL_BASE_PATH / DEFAULT_MODEL_NAME
+    for model in models_config().model_config_list.config:
+        assert on_host(model.base_path, mounts(TFSERVING)) == DEFAULT_MODEL_BASE_PATH / model.name
     makefile = (REPO_ROOT / "Makefile").read_text()
     assert re.search(r"^MODEL_BASE_PATH \?= (\S+)$", makefile, re.M).group(1) == DEFAULT_MODEL_BASE_PATH.name
+    assert re.search(r"^TRANSFORMER_MODEL_NAME \?= (\S+)$", makefile, re.M).group(1) == TRANSFORMER_MODEL_NAME
 
 
 def test_monitoring_config_turns_on_prometheus_on_the_rest_port() -> None:
@@ -150,7 +153,7 @@ def stand_in_argv(model_base_path: Path, tmp_path: Path, grpc_port: int) -> list
 
 
 @pytest.fixture
-def tier_from(model_base_path: Path, tmp_path: Path) -> Iterator:
+def tier_from(two_models: Path, tmp_path: Path) -> Iterator:
     """Starts the stand-in in-process with the compose command, minus the given flags; stops it afterwards."""
     from serving.__main__ import parse_args, tier_options
     from serving.tier import ServingTier
@@ -159,7 +162,7 @@ def tier_from(model_base_path: Path, tmp_path: Path) -> Iterator:
 
     def start(without: tuple[str, ...] = ()) -> tuple[ServingTier, bool, str]:
         port = free_port()
-        argv = [a for a in stand_in_argv(model_base_path, tmp_path, port) if a.split("=")[0][2:] not in without]
+        argv = [a for a in stand_in_argv(two_models, tmp_path, port) if a.split("=")[0][2:] not in without]
         tier = ServingTier(replace(tier_options(parse_args(argv)), file_system_poll_wait_seconds=0))
         tiers.append(tier)
         return tier, tier.start(), f"127.0.0.1:{port}"
@@ -175,6 +178,11 @@ def test_the_compose_command_serves_the_step_loop_and_generate(tier_from, chelse
     _, started, target = tier_from()
     assert started
 
+    transformer = TfServingBackend(target, TRANSFORMER_MODEL_NAME, 30)
+    try:
+        assert transformer.load_metadata().contract.decoder == "transformer"
+    finally:
+        transformer.close()
     backend = TfServingBackend(target, MODEL_NAME, 30)
     try:
         contract = backend.load_metadata().contract
