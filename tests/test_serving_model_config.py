@@ -139,10 +139,13 @@ def test_platforms_other_than_tensorflow_have_no_platform_config() -> None:
     assert raised.value.message == "PlatformConfigMap has no entry for platform onnx"
 
 
-def test_repository_models_config_names_the_memefly_model_under_models() -> None:
-    [model] = model_configs(read_model_config_file(REPO_ROOT / "serving" / "models.config"))
+def test_repository_models_config_names_the_gru_and_the_transformer_under_models() -> None:
+    gru, transformer = model_configs(read_model_config_file(REPO_ROOT / "serving" / "models.config"))
 
-    assert model == ModelConfig("memefly", Path("/models/memefly"), VersionPolicy("latest", 1), {})
+    assert gru == ModelConfig("memefly", Path("/models/memefly"), VersionPolicy("latest", 1), {})
+    assert transformer == ModelConfig(
+        "memefly-transformer", Path("/models/memefly-transformer"), VersionPolicy("latest", 2), {}
+    )
 
 
 LABELS = 'version_labels { key: "stable" value: 1 } version_labels { key: "canary" value: 2 }'
