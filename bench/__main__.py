@@ -7,12 +7,19 @@ from typing import Annotated
 
 import typer
 
-from memefly.paths import DEFAULT_MODEL_BASE_PATH, DEFAULT_MODEL_NAME
+from memefly.paths import DEFAULT_MODEL_BASE_PATH, DEFAULT_MODEL_NAME, model_versions
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
 QUICK_CONCURRENCIES = (1, 4)
 FULL_CONCURRENCIES = (1, 4, 16, 64)
+
+
+def other_models(model_base_path: Path, model_name: str) -> list[str]:
+    """The models with at least one version under `model_base_path`, besides `model_name`."""
+    if not model_base_path.is_dir():
+        return []
+    return sorted(p.name for p in model_base_path.iterdir() if p.name != model_name and model_versions(p))
 
 
 @app.command()
@@ -47,6 +54,10 @@ def main(
         typer.Option(min=0, help="interleaved rounds the targets use; 0: use the table (default 3, quick 1)"),
     ] = None,
     profile: Annotated[bool, typer.Option(help="also profile mode 3 with py-spy (client and serving tier)")] = False,
+    also_model: Annotated[
+        list[str] | None,
+        typer.Option(help="another served model for mode 4's row (repeatable); default: every other model folder"),
+    ] = None,
 ) -> None:
     from bench.runner import BenchOptions, machine_line, run
 
@@ -54,6 +65,7 @@ def main(
         model_base_path=model_base_path,
         out_dir=out,
         model_name=model_name,
+        more_models=tuple(also_model if also_model is not None else other_models(model_base_path, model_name)),
         data_dir=data_dir,
         modes=tuple(mode or (1, 2, 3, 4, 5, 6, 7)),
         concurrencies=tuple(concurrency or (QUICK_CONCURRENCIES if quick else FULL_CONCURRENCIES)),

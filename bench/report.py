@@ -22,6 +22,16 @@ SHORT_NAMES = {
     "6": "offline",
 }
 """By variant: a mode's number, or mode 1's REST variant."""
+
+
+def short_name(variant: str, default: str = "") -> str:
+    """A variant's name in the plot: mode 4 on another model (`4@<model>`) is named after that model."""
+    number, _, model = variant.partition("@")
+    return f"{SHORT_NAMES.get(number, default)}, {model}" if model else SHORT_NAMES.get(variant, default)
+
+
+def _mode_cell(row: dict[str, Any]) -> str:
+    return row["variant"] if "@" in row.get("variant", "") else str(row["mode"])
 WIRE_TARGET_BYTES = 256 * KIB
 RPC_TARGET = 25
 INFORMATION = "info"
@@ -205,7 +215,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         load = f"batch {row['offline_batch']}" if row.get("offline_batch") else str(row["concurrency"])
         if not row["available"]:
-            lines.append(f"| {row['mode']} | {row['transport']} | {load} | {row['note']} |" + " |" * 13)
+            lines.append(f"| {_mode_cell(row)} | {row['transport']} | {load} | {row['note']} |" + " |" * 13)
             continue
         kib = row["bytes_per_meme_by_category"]
         wire = row["bytes_per_meme"] / KIB
@@ -214,7 +224,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             "| "
             + " | ".join(
                 [
-                    str(row["mode"]),
+                    _mode_cell(row),
                     row["transport"],
                     load,
                     _fmt(row["memes_per_second"], 2),
@@ -301,7 +311,7 @@ def plot(rows: list[dict[str, Any]], path: Path, subtitle: str) -> None:
         )
         if not points:
             continue
-        label = f"({points[0][1]['mode']}) {SHORT_NAMES.get(variant, points[0][1]['transport'])}"
+        label = f"({points[0][1]['mode']}) {short_name(variant, points[0][1]['transport'])}"
         x = [c for c, _ in points]
         throughput.plot(x, [r["memes_per_second"] for _, r in points], marker="o", label=label)
         latency.plot(x, [r["latency_ms"]["p50"] for _, r in points], marker="o", label=f"{label} p50")
@@ -323,7 +333,7 @@ def plot(rows: list[dict[str, Any]], path: Path, subtitle: str) -> None:
     latency.set_title("latency")
 
     single = [row for row in rows if row["available"] and row["concurrency"] == 1]
-    names = [f"({row['mode']}) {SHORT_NAMES.get(row['variant'], '')}" for row in single]
+    names = [f"({row['mode']}) {short_name(row['variant'])}" for row in single]
     bottom = np.zeros(len(single))
     for category in CATEGORIES:
         values = np.array([row["bytes_per_meme_by_category"][category] / KIB for row in single])

@@ -83,6 +83,9 @@ class BenchOptions:
     paired_rounds: int = 3
     """Rounds of the interleaved phase that the targets are computed from (0: from the table's rows)."""
     search: SearchConfig = field(default_factory=SearchConfig)
+    more_models: tuple[str, ...] = ()
+    """Other models served beside `model_name` (the transformer beside the GRU): each gets mode 4's row,
+    the product path in-process, as variant `4@<name>`."""
 
     def memes_for(self, concurrency: int) -> int:
         return max(self.rounds * concurrency, self.min_memes)
@@ -122,19 +125,29 @@ def _seed_serving(
             yield f"http://127.0.0.1:{rest_port}", pid, image_pixels_function(cut)
 
 
-def _variants(modes: tuple[int, ...]) -> list[tuple[int, str]]:
+MODEL_VARIANT = "@"
+"""Mode 4 on another model: variant `4@<model name>`."""
+
+
+def _variants(modes: tuple[int, ...], more_models: tuple[str, ...] = ()) -> list[tuple[int, str]]:
     """(mode, variant) in run order: every mode is one variant, named by its number, except mode 1, which
-    also runs over REST JSON."""
+    also runs over REST JSON, and mode 4, which also runs on each of `more_models`."""
     variants = []
     for number in modes:
         variants.append((number, str(number)))
         if number == 1:
             variants.append((1, REST_VARIANT))
+        if number == 4:
+            variants.extend((4, f"4{MODEL_VARIANT}{name}") for name in more_models)
     return variants
 
 
 def _title_and_transport(number: int, variant: str) -> tuple[str, str]:
-    return (REST_TITLE, REST_TRANSPORT) if variant == REST_VARIANT else (TITLES[number], TRANSPORTS[number])
+    if variant == REST_VARIANT:
+        return REST_TITLE, REST_TRANSPORT
+    if MODEL_VARIANT in variant:
+        return f"{TITLES[number]}, model {variant.split(MODEL_VARIANT, 1)[1]}", TRANSPORTS[number]
+    return TITLES[number], TRANSPORTS[number]
 
 
 def _warm_up(mode: Mode, images: list[BenchImage], concurrency: int, memes: int) -> None:
@@ -194,7 +207,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
 
         kept: dict[str, Mode] = {}  # by variant: the modes the interleaved target phase runs again
         offline: OfflineBatchedMode | None = None
-        for number, variant in _variants(options.modes):
+        for number, variant in _variants(options.modes, options.more_models):
             _log(f"mode {number}: {_title_and_transport(number, variant)[0]}")
             try:
                 if variant == "1":
@@ -248,6 +261,15 @@ def run(options: BenchOptions) -> dict[str, Any]:
                                 mode, images, concurrency, options.memes_for(concurrency), server_pid, options.out_dir
                             )
                     kept[variant] = mode
+                elif number == 4 and MODEL_VARIANT in variant:
+                    other = EmbeddedBackend(options.model_base_path, variant.split(MODEL_VARIANT, 1)[1])
+                    ledger = CallLedger()
+                    mode = StepLoopMode(
+                        4, TITLES[4], "in-process", CountingInProcessBackend(other, ledger), ledger, config
+                    )
+                    _warm_up(mode, images, 1, 2)
+                    measure(4, variant, mode, "raw tensor bytes")
+                    mode.close()
                 elif number == 4:
                     ledger = CallLedger()
                     mode = StepLoopMode(

@@ -137,3 +137,34 @@ def test_original_memefly_over_rest_is_the_same_algorithm_with_json_on_the_wire(
     assert by_category(rest)["results"] > by_category(in_process)["results"]
     assert by_category(rest)["framing"] > 0 and by_category(rest)["state"] == 0
     assert bench_report["mode1_rest_stand_in_json_cpu_ms_per_meme"] > 0
+
+
+def test_each_served_model_gets_a_row_of_the_product_path(
+    two_models: Path, serving_target: str, tmp_path: Path
+) -> None:
+    from bench.__main__ import other_models
+    from bench.runner import BenchOptions, run
+    from tests.support import TRANSFORMER_MODEL_NAME
+
+    assert other_models(two_models, MODEL_NAME) == [TRANSFORMER_MODEL_NAME]
+    options = BenchOptions(
+        model_base_path=two_models,
+        out_dir=tmp_path,
+        model_name=MODEL_NAME,
+        modes=(4,),
+        concurrencies=(1,),
+        rounds=1,
+        min_memes=2,
+        paired_rounds=0,
+        serving_target=serving_target,
+        quick=True,
+        more_models=(TRANSFORMER_MODEL_NAME,),
+    )
+    report = run(options)
+    gru, transformer = _row_alone(report, "4"), _row_alone(report, f"4@{TRANSFORMER_MODEL_NAME}")
+    for row in (gru, transformer):
+        assert row["available"] and row["memes"] >= 2 and row["rpcs_per_meme"] > 1
+    assert transformer["title"].endswith(f"model {TRANSFORMER_MODEL_NAME}")
+    # The transformer's context ([51, 128]) is far larger than the GRU's (128 floats), and every step carries it.
+    assert transformer["bytes_per_meme"] > gru["bytes_per_meme"]
+    assert f"| 4@{TRANSFORMER_MODEL_NAME} | in-process | 1 |" in (tmp_path / "report.md").read_text()
