@@ -74,10 +74,15 @@ def train(
         Path | None,
         typer.Option(help="checkpoints; a run stopped midway resumes from its last epoch [default: var/train/PRESET]"),
     ] = None,
+    continue_from: Annotated[
+        Path | None,
+        typer.Option(help="a finished bundle of this preset: train on from its weights and last epoch", exists=True),
+    ] = None,
 ) -> None:
     """Train the caption decoder and write a bundle (weights, vocabulary, config, curves)."""
-    from export.bundle import save_bundle
+    from export.bundle import save_bundle, warm_start_from
     from export.data import data_dir as resolve_data_dir
+    from export.model import CaptionModelConfig
     from export.train import PRESETS
     from export.train import train as run_training
 
@@ -87,8 +92,13 @@ def train(
 
         train_config = replace(train_config, epochs=epochs)
     work_dir = work_dir or REPO_ROOT / "var" / "train" / preset
+    warm_start = None
+    if continue_from is not None:
+        if CaptionModelConfig.from_file(continue_from / "config.json") != model_config:
+            raise typer.BadParameter(f"not a {preset!r} bundle: {continue_from}", param_hint="--continue-from")
+        warm_start = warm_start_from(continue_from)
     with _needs_corpus():
-        result = run_training(model_config, train_config, resolve_data_dir(data_dir), work_dir)
+        result = run_training(model_config, train_config, resolve_data_dir(data_dir), work_dir, warm_start)
     save_bundle(result, bundle_dir)
     typer.echo(f"bundle written to {bundle_dir}; validation perplexity {result.history['val_perplexity']}")
 

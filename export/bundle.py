@@ -8,7 +8,7 @@ which comes from a PyPI package and so is never committed.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from export.conditioning import ConditioningData
 from export.model import CaptionModelConfig, build_decoder, build_encoder
 from export.saved_model import CaptionModule, caption_module, export_saved_model
 from export.tokenizer import Tokenizer, write_vocabulary
-from export.train import TrainConfig, TrainResult
+from export.train import TrainConfig, TrainResult, WarmStart
 
 CONFIG = "config.json"
 VOCABULARY = "vocabulary.txt"
@@ -37,11 +37,13 @@ def save_bundle(result: TrainResult, bundle_dir: Path) -> None:
     if result.conditioning is not None:
         result.conditioning.save(bundle_dir / CONDITIONING)
     (bundle_dir / HISTORY).write_text(json.dumps(result.history, indent=2) + "\n")
-    (bundle_dir / TRAINING).write_text(json.dumps(asdict(result.train_config), indent=2, sort_keys=True) + "\n")
-    plot_history(result.history, bundle_dir / CURVES)
+    record = {**asdict(result.train_config), "epochs_trained": result.epochs_trained}
+    (bundle_dir / TRAINING).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    plot_history(result.history, bundle_dir / CURVES, result.epochs_trained)
 
 
-def plot_history(history: dict[str, list[float]], path: Path) -> None:
+def plot_history(history: dict[str, list[float]], path: Path, epochs_trained: int | None = None) -> None:
+    """Loss per epoch; with `epochs_trained`, a history missing its first epochs is drawn at the right ones."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,7 +52,8 @@ def plot_history(history: dict[str, list[float]], path: Path) -> None:
     figure, axis = plt.subplots(figsize=(6, 4))
     for name in ("loss", "val_loss"):
         if history.get(name):
-            axis.plot(range(1, len(history[name]) + 1), history[name], marker="o", label=name)
+            last = max(epochs_trained or 0, len(history[name]))
+            axis.plot(range(last - len(history[name]) + 1, last + 1), history[name], marker="o", label=name)
     axis.set_xlabel("epoch")
     axis.set_ylabel("cross-entropy (nats/token)")
     axis.legend()
@@ -81,7 +84,19 @@ def load_bundle(bundle_dir: Path) -> CaptionModule:
 
 
 def load_train_config(bundle_dir: Path) -> TrainConfig:
-    return TrainConfig(**json.loads((bundle_dir / TRAINING).read_text()))
+    record = json.loads((bundle_dir / TRAINING).read_text())
+    return TrainConfig(**{f.name: record[f.name] for f in fields(TrainConfig) if f.name in record})
+
+
+def warm_start_from(bundle_dir: Path) -> WarmStart:
+    """A bundle's weights and record, to train on from the epoch it ended at."""
+    record = json.loads((bundle_dir / TRAINING).read_text())
+    with np.load(bundle_dir / WEIGHTS) as stored:
+        weights = [stored[key].astype(np.float32) for key in sorted(stored.files)]
+    vocabulary = [line for line in (bundle_dir / VOCABULARY).read_text(encoding="utf-8").splitlines() if line]
+    history = json.loads((bundle_dir / HISTORY).read_text())
+    # Bundles written before `epochs_trained` was recorded ran their config's epochs to the end.
+    return WarmStart(weights, vocabulary, history, int(record.get("epochs_trained", record["epochs"])))
 
 
 def assemble(bundle_dir: Path, model_base_path: Path, version: int | None = None) -> Path:

@@ -128,6 +128,29 @@ class TrainResult:
     model_config: CaptionModelConfig
     train_config: TrainConfig
     conditioning: ConditioningData | None = None
+    epochs_trained: int = 0
+    """Epochs the weights have seen, a warm start's included (the history may hold fewer)."""
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """A finished run's weights and record, to train further from where it ended."""
+
+    weights: list[np.ndarray]
+    vocabulary: list[str]
+    history: dict[str, list[float]]
+    epochs_trained: int
+
+    @property
+    def best_val_loss(self) -> float | None:
+        return min(self.history["val_loss"]) if self.history.get("val_loss") else None
+
+
+def joined_history(earlier: dict[str, list[float]], later: dict[str, list[float]]) -> dict[str, list[float]]:
+    names = [n for n in dict.fromkeys([*earlier, *later]) if n != "val_perplexity"]
+    history = {name: [*earlier.get(name, []), *later.get(name, [])] for name in names}
+    history["val_perplexity"] = [math.exp(v) for v in history.get("val_loss", [])]
+    return history
 
 
 def select_captions(
@@ -294,13 +317,20 @@ def training_split(
 
 
 def train(
-    model_config: CaptionModelConfig, train_config: TrainConfig, data_folder: Path, work_dir: Path
+    model_config: CaptionModelConfig,
+    train_config: TrainConfig,
+    data_folder: Path,
+    work_dir: Path,
+    warm_start: WarmStart | None = None,
 ) -> TrainResult:
+    """Fit the decoder; with `warm_start`, from its weights and on to `train_config.epochs` in all."""
     keras.utils.set_random_seed(model_config.seed)
     templates, train_captions, validation_captions = training_split(data_folder, model_config, train_config)
     vocabulary = build_vocabulary(
         [caption_text(c.boxes) for c in train_captions], model_config.vocab_size, model_config.min_count
     )
+    if warm_start is not None and warm_start.vocabulary != vocabulary:
+        raise ValueError("the warm start's vocabulary differs from this run's: it was trained on other captions")
     work_dir.mkdir(parents=True, exist_ok=True)
     vocabulary_file = work_dir / "vocabulary.txt"
     write_vocabulary(vocabulary, str(vocabulary_file))
@@ -317,6 +347,12 @@ def train(
         )
     num_styles = len(conditioning_data.styles) if conditioning_data else 0
     decoder = build_decoder(model_config, len(vocabulary), encoder.context_shape, num_styles)
+    if warm_start is not None:
+        if [w.shape for w in warm_start.weights] != [tuple(w.shape) for w in decoder.weights]:
+            raise ValueError("the warm start's weights do not fit this preset's decoder")
+        decoder.set_weights(warm_start.weights)
+    initial_epoch = warm_start.epochs_trained if warm_start else 0
+    best_so_far = warm_start.best_val_loss if warm_start else None
     decoder.compile(
         optimizer=keras.optimizers.Adam(train_config.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
@@ -348,11 +384,16 @@ def train(
         train_ds,
         validation_data=val_ds,
         epochs=train_config.epochs,
+        initial_epoch=initial_epoch,
         callbacks=[
             # Saved every epoch and removed when fit ends: an interrupted run resumes where it stopped.
             keras.callbacks.BackupAndRestore(str(work_dir / "backup")),
             keras.callbacks.ModelCheckpoint(
-                str(work_dir / "best.weights.h5"), monitor="val_loss", save_best_only=True, save_weights_only=True
+                str(work_dir / "best.weights.h5"),
+                monitor="val_loss",
+                save_best_only=True,
+                save_weights_only=True,
+                initial_value_threshold=best_so_far,
             ),
             keras.callbacks.EarlyStopping(
                 monitor="val_loss", patience=train_config.patience, restore_best_weights=True
@@ -361,9 +402,20 @@ def train(
         verbose=train_config.verbose,
     )
     history = {name: [float(v) for v in values] for name, values in fit.history.items()}
-    history["val_perplexity"] = [math.exp(v) for v in history.get("val_loss", [])]
+    if warm_start is not None and best_so_far is not None and min(history.get("val_loss", [math.inf])) >= best_so_far:
+        decoder.set_weights(warm_start.weights)  # no epoch beat the weights it started from
+    history = joined_history(warm_start.history if warm_start else {}, history)
     module = caption_module(model_config, encoder, decoder, tokenizer, vocabulary, conditioning_data)
-    return TrainResult(module, module.contract, history, vocabulary, model_config, train_config, conditioning_data)
+    return TrainResult(
+        module,
+        module.contract,
+        history,
+        vocabulary,
+        model_config,
+        train_config,
+        conditioning_data,
+        epochs_trained=initial_epoch + len(fit.history.get("loss", [])),
+    )
 
 
 def build_model(preset: str, data_folder: Path, model_base_path: Path, version: int | None = None, **overrides) -> Path:
