@@ -132,18 +132,21 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 # AWS (infra/README.md): settings from MEMEFLY_DEPLOY_* or .env; AWS credentials from boto3's usual chain.
-# Both refuse a model version that has not passed `make serving-check` for SAGEMAKER_TFS_VERSION.
+# Both refuse a model version that has not passed `make serving-check` for SAGEMAKER_TFS_VERSION. One endpoint
+# serves the transformer beside the GRU when its bundle is there; MEMEFLY_DEPLOY_MORE_MODELS set by you wins.
+DEPLOY_MODELS = $(if $(MEMEFLY_DEPLOY_MORE_MODELS),,MEMEFLY_DEPLOY_MORE_MODELS='[$(if $(MORE_MODELS),"$(MORE_MODELS)")]')
+
 deploy-plan: $(STAMP)
-	$(BIN)/python -m infra plan
+	$(DEPLOY_MODELS) $(BIN)/python -m infra plan
 
 deploy: $(STAMP)
-	$(BIN)/python -m infra deploy
+	$(DEPLOY_MODELS) $(BIN)/python -m infra deploy
 
 destroy: $(STAMP)
 	$(BIN)/python -m infra destroy $(if $(YES),--yes)
 
 model-archive: model
-	$(BIN)/python -m infra package --output build/model.tar.gz
+	$(DEPLOY_MODELS) $(BIN)/python -m infra package --output build/model.tar.gz
 
 clean:
 	rm -rf $(VENV) .venv-tf*/ .pytest_cache .ruff_cache

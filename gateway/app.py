@@ -48,7 +48,7 @@ def make_backend(settings: Settings, model_name: str | None = None) -> ModelBack
             settings.sagemaker_endpoint_name,
             model_name,
             settings.sagemaker_region,
-            model_version=settings.sagemaker_model_version,
+            model_version=settings.sagemaker_model_versions.get(model_name, settings.sagemaker_model_version),
             endpoint_url=settings.sagemaker_endpoint_url,
             connect_timeout_seconds=settings.sagemaker_connect_timeout_seconds,
             read_timeout_seconds=settings.rpc_timeout_seconds,

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     """None: boto3's own lookup (AWS_REGION, AWS_DEFAULT_REGION, ~/.aws/config)."""
     sagemaker_model_version: int | None = Field(None, ge=1)
     """Pins the TF Serving model version; REST answers do not say which version answered."""
+    sagemaker_model_versions: dict[str, int] = {}
+    """Pins by model name, for an endpoint serving several models; a model not named here gets
+    `sagemaker_model_version`."""
     sagemaker_endpoint_url: str | None = None
     sagemaker_connect_timeout_seconds: float = Field(2.0, gt=0)
     sagemaker_max_attempts: int = Field(3, ge=1)

@@ -70,20 +70,24 @@ def destroy(
 @app.command()
 def package(
     output: Annotated[Path, typer.Option(help="where to write the archive")] = Path("build/model.tar.gz"),
-    version: Annotated[list[int] | None, typer.Option(help="versions to pack (default: the newest)")] = None,
+    version: Annotated[
+        list[int] | None, typer.Option(help="versions of the default model to pack (default: the newest)")
+    ] = None,
 ) -> None:
-    """Build model.tar.gz for the SageMaker TF Serving container from <model_base_path>/<model_name>/."""
+    """Build model.tar.gz for the SageMaker TF Serving container from <model_base_path>/<model_name>/, with
+    each of MEMEFLY_DEPLOY_MORE_MODELS at its newest version beside it."""
     from infra.model_archive import INFERENCE_SCRIPT, build_model_archive, newest_version
 
     settings = _settings()
-    model_dir = settings.model_base_path / settings.model_name
     script = INFERENCE_SCRIPT if settings.image_invocation else None
 
     def build() -> None:
-        archive = build_model_archive(
-            model_dir, version or [newest_version(model_dir)], output, inference_script=script
-        )
-        typer.echo(f"{archive.path}: {archive.model_name} versions {archive.versions}, sha256 {archive.sha256}")
+        model_dirs = [settings.model_base_path / name for name in settings.model_names]
+        packs = {model_dir: [newest_version(model_dir)] for model_dir in model_dirs}
+        if version:
+            packs[model_dirs[0]] = version
+        archive = build_model_archive(packs, output, inference_script=script)
+        typer.echo(f"{archive.path}: {archive.describe()}, sha256 {archive.sha256}")
 
     _guarded(build)
 

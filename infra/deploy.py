@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from infra.alarm import ensure_rollback_alarm
@@ -47,56 +47,76 @@ from infra.tfs_image import inference_image_uri
 from memefly.serving_targets import SAGEMAKER, NotCheckedError, require_checked, serving_target, version_digest
 
 
-def require_serving_check(settings: DeploySettings, model_name: str, digests: dict[int, str]) -> None:
-    """DeployError unless each version (by content digest) passed `make serving-check` for SageMaker's release."""
+def require_serving_check(settings: DeploySettings, digests: Mapping[str, Mapping[int, str]]) -> None:
+    """DeployError unless each model's versions (by content digest) passed `make serving-check` for SageMaker's
+    release."""
     try:
-        require_checked(settings.serving_checks_dir, model_name, digests, serving_target(SAGEMAKER))
+        for model_name, versions in digests.items():
+            require_checked(settings.serving_checks_dir, model_name, dict(versions), serving_target(SAGEMAKER))
     except NotCheckedError as error:
         raise DeployError(str(error)) from error
 
 
 def require_target_checked(settings: DeploySettings) -> None:
-    """The check before any AWS call: the version to deploy, or every version of a prebuilt archive."""
+    """The check before any AWS call: each model's version to deploy, or every version of a prebuilt archive."""
     if settings.model_archive is not None:
-        archive = read_model_archive(settings.model_archive)
-        require_serving_check(settings, archive.model_name, archive_version_digests(archive.path))
-    else:
-        model_dir = settings.model_base_path / settings.model_name
-        version = settings.model_version or newest_version(model_dir)
-        require_serving_check(settings, settings.model_name, {version: version_digest(model_dir / str(version))})
+        require_serving_check(settings, archive_version_digests(settings.model_archive))
+        return
+    digests = {}
+    for model_name in settings.model_names:
+        model_dir = settings.model_base_path / model_name
+        version = target_version(settings, model_name)
+        digests[model_name] = {version: version_digest(model_dir / str(version))}
+    require_serving_check(settings, digests)
 
 
-def model_archive(stack: Stack, workdir: Path) -> tuple[ModelArchive, int]:
-    """The archive to deploy and the version the gateways pin; built from the model base path unless given."""
+def target_version(settings: DeploySettings, model_name: str) -> int:
+    """The version the gateways use: `model_version` for the default model, else the newest one built."""
+    if model_name == settings.model_name and settings.model_version:
+        return settings.model_version
+    return newest_version(settings.model_base_path / model_name)
+
+
+def model_archive(stack: Stack, workdir: Path) -> tuple[ModelArchive, dict[str, int]]:
+    """The archive to deploy and the version of each model the gateways pin; built from the model base path
+    unless given."""
     settings = stack.settings
     deployed = deployed_versions(stack)
     if settings.model_archive is not None:
         archive = read_model_archive(settings.model_archive)
-        if archive.model_name != settings.model_name:
-            raise DeployError(f"{archive.path} holds model {archive.model_name!r}, not {settings.model_name!r}")
-        target = settings.model_version or archive.newest
-        if target not in archive.versions:
-            raise DeployError(f"{archive.path} holds versions {archive.versions}, not {target}")
+        missing = [name for name in settings.model_names if name not in archive.models]
+        if missing:
+            raise DeployError(f"{archive.path} holds models {sorted(archive.models)}, not {missing}")
+        targets = {name: max(archive.versions(name)) for name in settings.model_names}
+        if settings.model_version:
+            targets[settings.model_name] = settings.model_version
+        for name, target in targets.items():
+            if target not in archive.versions(name):
+                raise DeployError(f"{archive.path} holds {name} versions {archive.versions(name)}, not {target}")
     else:
-        model_dir = settings.model_base_path / settings.model_name
-        target = settings.model_version or newest_version(model_dir)
-        versions = versions_to_pack(target, deployed, available_versions(model_dir))
+        targets = {name: target_version(settings, name) for name in settings.model_names}
+        packs = {
+            settings.model_base_path / name: versions_to_pack(
+                target, deployed.get(name, ()), available_versions(settings.model_base_path / name)
+            )
+            for name, target in targets.items()
+        }
         script = INFERENCE_SCRIPT if settings.image_invocation else None
-        archive = build_model_archive(model_dir, versions, workdir / "model.tar.gz", inference_script=script)
-    versions = ",".join(map(str, archive.versions))
-    stack.report.echo(
-        f"          {archive.path}: {archive.model_name} versions {versions}; gateways use version {target}"
-    )
-    # Every version in the archive is loaded by the new fleet, the one kept for pinned gateways too.
-    require_serving_check(settings, archive.model_name, archive_version_digests(archive.path))
+        archive = build_model_archive(packs, workdir / "model.tar.gz", inference_script=script)
+    pins = ", ".join(f"{name} {version}" for name, version in targets.items())
+    stack.report.echo(f"          {archive.path}: {archive.describe()}; gateways use {pins}")
+    # Every version in the archive is loaded by the new fleet, the ones kept for pinned gateways too.
+    require_serving_check(settings, archive_version_digests(archive.path))
     release = serving_target(SAGEMAKER).tensorflow
-    stack.report.echo(f"          versions {versions} passed the serving check with TensorFlow {release}")
-    if deployed and max(deployed) != target and max(deployed) not in archive.versions:
-        stack.report.echo(
-            f"          warning: version {max(deployed)} (served now) is not in the archive: gateways pinned to it "
-            "answer 503 for requests the new fleet takes, until the ECS service has replaced them"
-        )
-    return archive, target
+    stack.report.echo(f"          {archive.describe()} passed the serving check with TensorFlow {release}")
+    for name, target in targets.items():
+        served = deployed.get(name)
+        if served and max(served) != target and max(served) not in archive.versions(name):
+            stack.report.echo(
+                f"          warning: {name} version {max(served)} (served now) is not in the archive: gateways "
+                "pinned to it answer 503 for requests the new fleet takes, until the ECS service has replaced them"
+            )
+    return archive, targets
 
 
 def run(settings: DeploySettings, apply: bool, echo: Callable[[str], None] = print) -> Report:
@@ -110,7 +130,7 @@ def run(settings: DeploySettings, apply: bool, echo: Callable[[str], None] = pri
 
     with tempfile.TemporaryDirectory(prefix="memefly-deploy-") as workdir:
         report.step("model archive")
-        archive, version = model_archive(stack, Path(workdir))
+        archive, versions = model_archive(stack, Path(workdir))
         report.step("S3")
         bucket = ensure_bucket(stack)
         model_data_url = ensure_model_object(stack, bucket, archive)
@@ -153,7 +173,7 @@ def run(settings: DeploySettings, apply: bool, echo: Callable[[str], None] = pri
     )
 
     report.step("SageMaker endpoint")
-    model = ensure_model(stack, model_image, model_data_url, sagemaker_role, archive.model_name, archive.versions)
+    model = ensure_model(stack, model_image, model_data_url, sagemaker_role, archive, versions[settings.model_name])
     ensure_rollback_alarm(stack)
     config = ensure_endpoint_config(stack, model)
     ensure_endpoint(stack, config, before_update=lambda current: deregister_if_instance_type_changes(stack, current))
@@ -169,7 +189,7 @@ def run(settings: DeploySettings, apply: bool, echo: Callable[[str], None] = pri
     target_group = ensure_target_group(stack, network)
     ensure_listener(stack, load_balancer, target_group)
     ensure_cluster(stack)
-    task_definition = ensure_task_definition(stack, gateway_image, version, execution_role, task_role)
+    task_definition = ensure_task_definition(stack, gateway_image, versions, execution_role, task_role)
     ensure_service(stack, network, task_group, target_group, task_definition)
 
     if not report.changed:

@@ -20,8 +20,9 @@ from sagemaker.core.utils.code_injection.codec import transform
 from infra.aws import Aws, error_code
 from infra.changes import Action
 from infra.context import DeployError, Stack
+from infra.model_archive import ModelArchive
 from infra.names import VARIANT, digest
-from infra.tags import MODEL_VERSIONS, as_dict, as_list, is_ours
+from infra.tags import MODEL_VERSIONS, as_dict, as_list, format_model_versions, is_ours, parse_model_versions
 
 _ROLE_PROPAGATION_SECONDS = 90
 _BUSY = ("Creating", "Updating", "SystemUpdating", "RollingBack", "UpdateRollbackFailed")
@@ -36,30 +37,31 @@ def describe_endpoint(stack: Stack) -> dict[str, Any] | None:
         raise
 
 
-def deployed_versions(stack: Stack) -> tuple[int, ...]:
-    """The model versions the endpoint's current model was packed with (from the model's tags)."""
+def deployed_versions(stack: Stack) -> dict[str, tuple[int, ...]]:
+    """Each model's versions the endpoint's current SageMaker model was packed with (from its tags)."""
     endpoint = describe_endpoint(stack)
     if endpoint is None:
-        return ()
+        return {}
     sagemaker = stack.aws.client("sagemaker")
     config = sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
     model = sagemaker.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
     tags = as_dict(sagemaker.list_tags(ResourceArn=model["ModelArn"])["Tags"])
-    return tuple(int(v) for v in tags.get(MODEL_VERSIONS, "").split(",") if v)
+    return parse_model_versions(tags.get(MODEL_VERSIONS, ""))
 
 
 def ensure_model(
-    stack: Stack, image_uri: str, model_data_url: str, role_arn: str, model_name: str, versions: tuple[int, ...]
+    stack: Stack, image_uri: str, model_data_url: str, role_arn: str, archive: ModelArchive, version: int
 ) -> str:
-    """SageMaker models are immutable: a new archive, image or role is a new model, named by their digest."""
+    """SageMaker models are immutable: a new archive, image or role is a new model, named by their digest and
+    the default model's `version`."""
     sagemaker = stack.aws.client("sagemaker")
     container = {
         "Image": image_uri,
         "ModelDataUrl": model_data_url,
         # The TF Serving model name the container falls back to when a request names none.
-        "Environment": {"SAGEMAKER_TFS_DEFAULT_MODEL_NAME": model_name},
+        "Environment": {"SAGEMAKER_TFS_DEFAULT_MODEL_NAME": stack.settings.model_name},
     }
-    name = stack.names.model(max(versions), digest({"container": container, "role": role_arn}))
+    name = stack.names.model(version, digest({"container": container, "role": role_arn}))
     try:
         sagemaker.describe_model(ModelName=name)
         stack.report.record(Action.UNCHANGED, "sagemaker model", name)
@@ -67,9 +69,9 @@ def ensure_model(
     except ClientError as error:
         if error_code(error) != "ValidationException":
             raise
-    stack.report.record(Action.CREATE, "sagemaker model", name, f"versions {','.join(map(str, versions))}, {image_uri}")
+    stack.report.record(Action.CREATE, "sagemaker model", name, f"{archive.describe()}, {image_uri}")
     if stack.apply:
-        tags = as_list(stack.tags(**{MODEL_VERSIONS: ",".join(map(str, versions))}))
+        tags = as_list(stack.tags(**{MODEL_VERSIONS: format_model_versions(archive.models)}))
         deadline = time.monotonic() + _ROLE_PROPAGATION_SECONDS
         while True:
             try:

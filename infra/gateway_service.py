@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -153,24 +155,30 @@ def ensure_cluster(stack: Stack) -> None:
         ecs.create_cluster(clusterName=name, tags=as_lower_list(stack.tags()))
 
 
-def gateway_environment(stack: Stack, model_version: int) -> dict[str, str]:
-    """The gateway's settings (gateway/settings.py) for the sagemaker backend."""
-    return {
+def gateway_environment(stack: Stack, model_versions: Mapping[str, int]) -> dict[str, str]:
+    """The gateway's settings (gateway/settings.py) for the sagemaker backend: every model the endpoint serves,
+    each pinned to its version."""
+    settings = stack.settings
+    environment = {
         "MEMEFLY_BACKEND": "sagemaker",
-        "MEMEFLY_MODEL_NAME": stack.settings.model_name,
+        "MEMEFLY_MODEL_NAME": settings.model_name,
         "MEMEFLY_SAGEMAKER_ENDPOINT_NAME": stack.names.endpoint,
         "MEMEFLY_SAGEMAKER_REGION": stack.aws.region,
-        "MEMEFLY_SAGEMAKER_MODEL_VERSION": str(model_version),
+        "MEMEFLY_SAGEMAKER_MODEL_VERSION": str(model_versions[settings.model_name]),
     }
+    if settings.more_models:
+        environment["MEMEFLY_MODELS"] = json.dumps(settings.more_models)
+        environment["MEMEFLY_SAGEMAKER_MODEL_VERSIONS"] = json.dumps(dict(sorted(model_versions.items())))
+    return environment
 
 
 def ensure_task_definition(
-    stack: Stack, image_uri: str, model_version: int, execution_role_arn: str, task_role_arn: str
+    stack: Stack, image_uri: str, model_versions: Mapping[str, int], execution_role_arn: str, task_role_arn: str
 ) -> str:
     """Registers a new revision only when the desired definition differs (its digest is a tag)."""
     ecs = stack.aws.client("ecs")
     family = stack.names.task_family
-    environment = gateway_environment(stack, model_version)
+    environment = gateway_environment(stack, model_versions)
     definition = {
         "family": family,
         "requiresCompatibilities": ["FARGATE"],
@@ -210,7 +218,8 @@ def ensure_task_definition(
         arn = latest["taskDefinition"]["taskDefinitionArn"]
         stack.report.record(Action.UNCHANGED, "ecs task definition", arn.rsplit("/", 1)[-1])
         return arn
-    detail = f"image {image_uri}, model version {model_version}"
+    pins = ", ".join(f"{name} {version}" for name, version in model_versions.items())
+    detail = f"image {image_uri}, model version {pins}"
     stack.report.record(
         Action.UPDATE if latest else Action.CREATE, "ecs task definition", f"{family} (new revision)", detail
     )

@@ -1,9 +1,10 @@
 """`model.tar.gz` for AWS's TensorFlow Serving container, byte-for-byte reproducible.
 
-Layout: `<model_name>/<version>/{saved_model.pb, variables/, assets/, assets.extra/}` for each version.
-The container serves every `<dir>/<digits>/saved_model.pb` it finds under /opt/ml/model, named after
-`<dir>`, with all its versions loaded (a `specific` version policy). A bare `<version>/` at the root
-would be named `model`; a `<model_name>/` folder keeps the name the gateway asks for.
+Layout: `<model_name>/<version>/{saved_model.pb, variables/, assets/, assets.extra/}` for each model and
+version. The container serves every `<dir>/<digits>/saved_model.pb` it finds under /opt/ml/model, named after
+`<dir>`, with all its versions loaded (a `specific` version policy), and a request picks a model with the
+`tfs-model-name` custom attribute: so one archive serves the GRU and the transformer side by side. A bare
+`<version>/` at the root would be named `model`; a `<model_name>/` folder keeps the name the gateway asks for.
 
 `code/inference.py` (from `infra/sagemaker_inference.py`) makes the container answer a photo posted as
 `image/jpeg` with its captions. With it, the container's Python service handles every invocation, the
@@ -19,7 +20,7 @@ import gzip
 import hashlib
 import re
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from memefly.paths import model_versions
 from memefly.serving_targets import digest_of
 
 _SAVED_MODEL = re.compile(r"([^/]+)/(\d+)/saved_model\.pb")
-_VERSION_FILE = re.compile(r"[^/]+/(\d+)/(.+)")
+_VERSION_FILE = re.compile(r"([^/]+)/(\d+)/(.+)")
 INFERENCE_SCRIPT = Path(__file__).with_name("sagemaker_inference.py")
 INFERENCE_SCRIPT_NAME = "code/inference.py"
 
@@ -35,13 +36,15 @@ INFERENCE_SCRIPT_NAME = "code/inference.py"
 @dataclass(frozen=True)
 class ModelArchive:
     path: Path
-    model_name: str
-    versions: tuple[int, ...]
+    models: Mapping[str, tuple[int, ...]]
+    """The versions of each model inside, by model name."""
     sha256: str
 
-    @property
-    def newest(self) -> int:
-        return max(self.versions)
+    def versions(self, model_name: str) -> tuple[int, ...]:
+        return self.models.get(model_name, ())
+
+    def describe(self) -> str:
+        return "; ".join(f"{name} versions {','.join(map(str, v))}" for name, v in self.models.items())
 
 
 def available_versions(model_dir: Path) -> list[int]:
@@ -77,22 +80,18 @@ def _normalized(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 
 def build_model_archive(
-    model_dir: Path, versions: Sequence[int], archive: Path, inference_script: Path | None = INFERENCE_SCRIPT
+    models: Mapping[Path, Sequence[int]], archive: Path, inference_script: Path | None = INFERENCE_SCRIPT
 ) -> ModelArchive:
-    """Pack `<model_dir>/<version>/` for each version as `<model_dir.name>/<version>/...` into `archive`,
-    and `inference_script` (None: none) as `code/inference.py`."""
-    model_name = model_dir.name
+    """Pack `<model_dir>/<version>/` for each model folder and version as `<model_dir.name>/<version>/...` into
+    `archive`, and `inference_script` (None: none) as `code/inference.py`."""
+    names = [model_dir.name for model_dir in models]
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"an archive needs model folders with distinct names, got {names}")
     archive.parent.mkdir(parents=True, exist_ok=True)
     with archive.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as zipped:
         with tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for version in sorted(set(versions)):
-                source = model_dir / str(version)
-                if not (source / "saved_model.pb").is_file():
-                    raise FileNotFoundError(f"{source}/saved_model.pb not found")
-                tar.add(source, arcname=f"{model_name}/{version}", recursive=False, filter=_normalized)
-                for path in sorted(source.rglob("*")):
-                    name = f"{model_name}/{version}/{path.relative_to(source).as_posix()}"
-                    tar.add(path, arcname=name, recursive=False, filter=_normalized)
+            for model_dir in sorted(models, key=lambda d: d.name):
+                _add_versions(tar, model_dir, models[model_dir])
             if inference_script is not None:
                 code = Path(INFERENCE_SCRIPT_NAME).parent.as_posix()
                 tar.add(inference_script.parent, arcname=code, recursive=False, filter=_normalized)
@@ -100,9 +99,20 @@ def build_model_archive(
     return read_model_archive(archive)
 
 
-def archive_version_digests(archive: Path) -> dict[int, str]:
-    """`memefly.serving_targets.version_digest` of each version inside an archive, from its members."""
-    files: dict[int, list[tuple[str, str]]] = {}
+def _add_versions(tar: tarfile.TarFile, model_dir: Path, versions: Sequence[int]) -> None:
+    for version in sorted(set(versions)):
+        source = model_dir / str(version)
+        if not (source / "saved_model.pb").is_file():
+            raise FileNotFoundError(f"{source}/saved_model.pb not found")
+        tar.add(source, arcname=f"{model_dir.name}/{version}", recursive=False, filter=_normalized)
+        for path in sorted(source.rglob("*")):
+            name = f"{model_dir.name}/{version}/{path.relative_to(source).as_posix()}"
+            tar.add(path, arcname=name, recursive=False, filter=_normalized)
+
+
+def archive_version_digests(archive: Path) -> dict[str, dict[int, str]]:
+    """`memefly.serving_targets.version_digest` of each model's versions inside an archive, from its members."""
+    files: dict[tuple[str, int], list[tuple[str, str]]] = {}
     with tarfile.open(archive, "r:gz") as tar:
         for member in tar.getmembers():
             match = _VERSION_FILE.fullmatch(member.name.removeprefix("./"))
@@ -110,24 +120,26 @@ def archive_version_digests(archive: Path) -> dict[int, str]:
                 content = tar.extractfile(member)
                 assert content is not None
                 sha = hashlib.file_digest(content, "sha256").hexdigest()
-                files.setdefault(int(match.group(1)), []).append((match.group(2), sha))
-    return {version: digest_of(entries) for version, entries in files.items()}
+                files.setdefault((match.group(1), int(match.group(2))), []).append((match.group(3), sha))
+    digests: dict[str, dict[int, str]] = {}
+    for (model_name, version), entries in sorted(files.items()):
+        digests.setdefault(model_name, {})[version] = digest_of(entries)
+    return digests
 
 
 def read_model_archive(archive: Path) -> ModelArchive:
-    """The model name and versions inside an archive (built here or elsewhere), and its SHA-256."""
+    """The models and versions inside an archive (built here or elsewhere), and its SHA-256."""
     found: dict[str, set[int]] = {}
     with tarfile.open(archive, "r:gz") as tar:
         for member in tar.getmembers():
             match = _SAVED_MODEL.fullmatch(member.name.removeprefix("./"))
             if match:
                 found.setdefault(match.group(1), set()).add(int(match.group(2)))
-    if len(found) != 1:
+    if not found:
         raise ValueError(
-            f"{archive}: expected <model_name>/<version>/saved_model.pb for exactly one model name, found "
-            f"{sorted(found) or 'none'} (a bare <version>/ at the root would be served as `model`)"
+            f"{archive}: expected <model_name>/<version>/saved_model.pb for each model, found none "
+            "(a bare <version>/ at the root would be served as `model`)"
         )
-    model_name, versions = next(iter(found.items()))
     with archive.open("rb") as file:
         sha256 = hashlib.file_digest(file, "sha256").hexdigest()
-    return ModelArchive(archive, model_name, tuple(sorted(versions)), sha256)
+    return ModelArchive(archive, {name: tuple(sorted(found[name])) for name in sorted(found)}, sha256)

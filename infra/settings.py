@@ -52,6 +52,9 @@ class DeploySettings(BaseSettings):
     model_name: str = DEFAULT_MODEL_NAME
     model_version: int | None = Field(None, ge=1)
     """Default: the newest version under `<model_base_path>/<model_name>/`."""
+    more_models: list[str] = []
+    """Models served beside `model_name` from the same archive and endpoint (the transformer beside the GRU),
+    each at its newest version under `<model_base_path>/<name>/`; the gateways serve them all (MEMEFLY_MODELS)."""
     bucket: str | None = None
     """Default: `<prefix>-artifacts-<account>-<region>`, created and tagged. An existing bucket of yours is
     used as it is; only the objects under `<prefix>/` are then this deployment's."""
@@ -77,4 +80,11 @@ class DeploySettings(BaseSettings):
             raise ValueError("instance counts must satisfy min <= initial <= max")
         if self.subnet_ids and not self.vpc_id:
             raise ValueError("subnet_ids need vpc_id")
+        if self.model_name in self.more_models or len(set(self.more_models)) != len(self.more_models):
+            raise ValueError("more_models must name other models than model_name, each once")
         return self
+
+    @property
+    def model_names(self) -> list[str]:
+        """Every model the endpoint serves, the default first."""
+        return [self.model_name, *self.more_models]

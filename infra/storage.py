@@ -16,7 +16,7 @@ from infra.aws import error_code
 from infra.changes import Action
 from infra.context import DeployError, Stack
 from infra.model_archive import ModelArchive
-from infra.tags import as_dict, as_list, is_ours
+from infra.tags import as_dict, as_list, format_model_versions, is_ours
 
 SHA256_METADATA = "sha256"
 
@@ -71,9 +71,9 @@ def ensure_bucket(stack: Stack) -> str:
 def ensure_model_object(stack: Stack, bucket: str, archive: ModelArchive) -> str:
     """Uploads the archive under a key named by its SHA-256; returns its s3:// URL."""
     s3 = stack.aws.client("s3")
-    key = stack.names.model_key(archive.model_name, archive.sha256)
+    key = stack.names.model_key(stack.settings.model_name, archive.sha256)
     url = f"s3://{bucket}/{key}"
-    versions = ",".join(map(str, archive.versions))
+    versions = format_model_versions(archive.models)
     try:
         head = s3.head_object(Bucket=bucket, Key=key)
         if head.get("Metadata", {}).get(SHA256_METADATA) == archive.sha256:

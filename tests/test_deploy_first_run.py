@@ -192,7 +192,7 @@ def test_the_endpoint_is_in_service_on_the_tf_serving_image_with_the_archive(fir
     assert container["ModelDataUrl"] == f"s3://{NAMES.bucket(ACCOUNT, REGION)}/{item['Key']}"
     assert container["Environment"] == {"SAGEMAKER_TFS_DEFAULT_MODEL_NAME": "memefly"}
     assert model["ExecutionRoleArn"] == f"arn:aws:iam::{ACCOUNT}:role{NAMES.role_path}{NAMES.sagemaker_role}"
-    assert as_dict(sagemaker.list_tags(ResourceArn=model["ModelArn"])["Tags"])[MODEL_VERSIONS] == "1"
+    assert as_dict(sagemaker.list_tags(ResourceArn=model["ModelArn"])["Tags"])[MODEL_VERSIONS] == "memefly=1"
 
 
 def test_a_rollback_alarm_watches_the_endpoints_server_errors(first_run: FirstRun) -> None:

@@ -37,11 +37,11 @@ def model_dir(tmp_path: Path) -> Path:
 
 
 def test_archive_holds_each_version_under_the_model_name_with_all_its_folders(model_dir: Path, tmp_path: Path) -> None:
-    archive = build_model_archive(model_dir, [2, 1], tmp_path / "out" / "model.tar.gz")
+    archive = build_model_archive({model_dir: [2, 1]}, tmp_path / "out" / "model.tar.gz")
 
     with tarfile.open(archive.path) as tar:
         members = {m.name: m for m in tar.getmembers()}
-    assert (archive.model_name, archive.versions) == ("memefly", (1, 2))
+    assert archive.models == {"memefly": (1, 2)}
     for version in (1, 2):
         for folder in ("variables", "assets", "assets.extra"):
             assert members[f"memefly/{version}/{folder}"].isdir()
@@ -50,9 +50,9 @@ def test_archive_holds_each_version_under_the_model_name_with_all_its_folders(mo
 
 
 def test_the_same_model_gives_the_same_bytes(model_dir: Path, tmp_path: Path) -> None:
-    first = build_model_archive(model_dir, [1], tmp_path / "a.tar.gz")
+    first = build_model_archive({model_dir: [1]}, tmp_path / "a.tar.gz")
     (model_dir / "1" / "saved_model.pb").touch()  # a new mtime, the same content
-    second = build_model_archive(model_dir, [1], tmp_path / "b.tar.gz")
+    second = build_model_archive({model_dir: [1]}, tmp_path / "b.tar.gz")
 
     assert first.sha256 == second.sha256
     with gzip.open(first.path) as unzipped:
@@ -94,8 +94,8 @@ def test_package_command_writes_the_archive(model_dir: Path, tmp_path: Path) -> 
     )
 
     assert result.exit_code == 0, result.output
-    assert read_model_archive(output).versions == (1, 2)
-    assert f"{output}: memefly versions (1, 2), sha256 " in result.output
+    assert read_model_archive(output).models == {"memefly": (1, 2)}
+    assert f"{output}: memefly versions 1,2, sha256 " in result.output
 
 
 @pytest.mark.parametrize(
@@ -131,7 +131,7 @@ def test_a_tf_serving_version_the_sdk_does_not_know_is_refused_with_the_known_on
 def test_a_prebuilt_archive_of_another_name_is_uploaded_by_the_sdk_under_its_digest_key(
     model_dir: Path, tmp_path: Path
 ) -> None:
-    archive = build_model_archive(model_dir, [1, 2], tmp_path / "prebuilt-v2.tar.gz")
+    archive = build_model_archive({model_dir: [1, 2]}, tmp_path / "prebuilt-v2.tar.gz")
     with moto_on_loopback():
         stack = Stack(deploy_settings(model_dir.parent), Aws(REGION), Report(lambda _: None), apply=True)
         bucket = ensure_bucket(stack)
@@ -145,7 +145,7 @@ def test_a_prebuilt_archive_of_another_name_is_uploaded_by_the_sdk_under_its_dig
 
     assert url == again == f"s3://{bucket}/{key}"
     assert [c.action for c in stack.report.changes[-2:]] == [Action.CREATE, Action.UNCHANGED]
-    assert head["Metadata"] == {"sha256": archive.sha256, "model-versions": "1,2"}
+    assert head["Metadata"] == {"sha256": archive.sha256, "model-versions": "memefly=1+2"}
     assert head["ServerSideEncryption"] == "AES256"
     assert tags[DEPLOYMENT] == PREFIX
     assert body == archive.path.read_bytes()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -31,6 +31,7 @@ from infra.tags import DEPLOYMENT, MODEL_VERSIONS, as_dict, as_list
 from tests.test_deploy_support import (
     PREFIX,
     REGION,
+    UpdateEndpointStub,
     client,
     deploy_settings,
     moto_on_loopback,
@@ -43,19 +44,6 @@ UNRELATED_BUCKET = f"{PREFIX}-notes"  # shares the prefix, carries no tag
 UNRELATED_MODEL = f"{PREFIX}-v9-handmade"
 UNRELATED_ROLE = f"{PREFIX}-handmade"  # same IAM path, another deployment's tag
 ROLE = "arn:aws:iam::123456789012:role/mine"
-
-
-@dataclass
-class UpdateEndpointStub:
-    calls: list[dict[str, Any]] = field(default_factory=list)
-
-    def __call__(self, aws: Any, endpoint: str, config: str, deployment: dict[str, Any]) -> None:
-        self.calls.append({"EndpointName": endpoint, "EndpointConfigName": config, "DeploymentConfig": deployment})
-        sagemaker = aws.client("sagemaker")
-        arn = sagemaker.describe_endpoint(EndpointName=endpoint)["EndpointArn"]
-        tags = sagemaker.list_tags(ResourceArn=arn)["Tags"]
-        sagemaker.delete_endpoint(EndpointName=endpoint)
-        sagemaker.create_endpoint(EndpointName=endpoint, EndpointConfigName=config, Tags=tags)
 
 
 @dataclass
@@ -223,7 +211,7 @@ def test_a_new_version_updates_the_endpoint_blue_green_with_the_rollback_alarm(l
 def test_after_the_update_the_endpoint_serves_both_versions_and_gateways_pin_the_new_one(lifecycle: Lifecycle) -> None:
     state = lifecycle.state_after_v2
     assert state["endpoint"]["EndpointStatus"] == "InService"
-    assert state["model versions tag"] == "1,2"
+    assert state["model versions tag"] == "memefly=1+2"
     assert state["saved models in archive"] == ["memefly/1/saved_model.pb", "memefly/2/saved_model.pb"]
     assert (state["task definition revision"], state["gateway pinned version"]) == (2, "2")
     assert len(state["endpoint configs"]) == 2  # the old one stays until destroy: it is the rollback target

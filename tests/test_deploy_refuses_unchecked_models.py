@@ -83,7 +83,7 @@ def test_a_version_changed_after_its_check_is_refused(moto: str, tmp_path: Path)
 def test_every_version_in_the_archive_must_have_passed(moto: str, tmp_path: Path) -> None:
     write_model_version(tmp_path / "memefly", 1)
     write_model_version(tmp_path / "memefly", 2, checked=False)
-    archive = build_model_archive(tmp_path / "memefly", [1, 2], tmp_path / "model.tar.gz").path
+    archive = build_model_archive({tmp_path / "memefly": [1, 2]}, tmp_path / "model.tar.gz").path
 
     exit_code, output = invoke("plan", tmp_path, model_archive=archive)
 
@@ -92,7 +92,7 @@ def test_every_version_in_the_archive_must_have_passed(moto: str, tmp_path: Path
     record_made_up_check(tmp_path / "memefly" / "2")
     exit_code, output = invoke("plan", tmp_path, model_archive=archive)
     assert exit_code == 0, output
-    assert f"versions 1,2 passed the serving check with TensorFlow {TENSORFLOW}" in output
+    assert f"memefly versions 1,2 passed the serving check with TensorFlow {TENSORFLOW}" in output
 
 
 def test_the_refusal_comes_before_any_aws_call(tmp_path: Path) -> None:

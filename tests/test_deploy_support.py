@@ -14,6 +14,7 @@ import os
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,7 @@ def write_model_version(model_dir: Path, version: int, checked: bool = True) -> 
     """`<model_dir>/<version>/` with made-up files; `checked`: with a passing serving-check record."""
     folder = model_dir / str(version)
     for name, text in {
-        "saved_model.pb": f"saved model {version}",
+        "saved_model.pb": f"saved model {model_dir.name} {version}",
         "variables/variables.index": f"index {version}",
         "variables/variables.data-00000-of-00001": f"weights {version}",
         "assets/vocabulary.txt": "<pad>\n<start>\n<end>\n<unk>\n<sep>\ncat\n",
@@ -208,3 +209,18 @@ def tagged_resources(prefix: str = PREFIX) -> list[str]:
     ]
     found += [f"autoscaling target {t['ResourceId']}" for t in targets if f"/{prefix}-" in t["ResourceId"]]
     return found
+
+
+@dataclass
+class UpdateEndpointStub:
+    """Stands in for the blue/green UpdateEndpoint moto does not implement: swaps the endpoint's config."""
+
+    calls: list[dict[str, Any]] = field(default_factory=list)
+
+    def __call__(self, aws: Any, endpoint: str, config: str, deployment: dict[str, Any]) -> None:
+        self.calls.append({"EndpointName": endpoint, "EndpointConfigName": config, "DeploymentConfig": deployment})
+        sagemaker = aws.client("sagemaker")
+        arn = sagemaker.describe_endpoint(EndpointName=endpoint)["EndpointArn"]
+        tags = sagemaker.list_tags(ResourceArn=arn)["Tags"]
+        sagemaker.delete_endpoint(EndpointName=endpoint)
+        sagemaker.create_endpoint(EndpointName=endpoint, EndpointConfigName=config, Tags=tags)

@@ -38,7 +38,7 @@ DEFAULTS = {name: setting.default for name, setting in sagemaker_inference.SETTI
 @pytest.fixture(scope="module")
 def archive(model_base_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_model_archive(
-        model_base_path / MODEL_NAME, [1], tmp_path_factory.mktemp("archive") / "model.tar.gz"
+        {model_base_path / MODEL_NAME: [1]}, tmp_path_factory.mktemp("archive") / "model.tar.gz"
     ).path
 
 
@@ -133,8 +133,8 @@ def model_error(runtime, body: bytes, content_type: str = "image/jpeg", **extra)
 def test_the_archive_carries_the_inference_script_reproducibly(
     model_base_path: Path, archive: Path, tmp_path: Path
 ) -> None:
-    again = build_model_archive(model_base_path / MODEL_NAME, [1], tmp_path / "again.tar.gz")
-    without = build_model_archive(model_base_path / MODEL_NAME, [1], tmp_path / "bare.tar.gz", inference_script=None)
+    again = build_model_archive({model_base_path / MODEL_NAME: [1]}, tmp_path / "again.tar.gz")
+    without = build_model_archive({model_base_path / MODEL_NAME: [1]}, tmp_path / "bare.tar.gz", inference_script=None)
 
     with tarfile.open(archive) as tar:
         script = tar.getmember(INFERENCE_SCRIPT_NAME)

@@ -3,6 +3,7 @@ names one (by name or decoder, in the body or a header), or the traffic split pi
 
 from __future__ import annotations
 
+import tarfile
 from collections import Counter
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.settings import Settings
+from infra.model_archive import build_model_archive
 from tests.support import MODEL_NAME, TRANSFORMER_MODEL_NAME, embedded_settings
 
 JSON = {"Accept": "application/json"}
@@ -100,12 +102,20 @@ def test_one_serving_tier_serves_both_models_from_a_models_config_each_with_its_
     SageMaker, one endpoint whose `tfs-model-name` attribute picks the model)."""
     from tests.support import free_port, serving_process, wait_for_model_status
 
+    root = two_models
+    if backend == "sagemaker":
+        # What the endpoint serves: the archive `make deploy` builds, unpacked as SageMaker does into /opt/ml/model.
+        packs = {two_models / MODEL_NAME: [1], two_models / TRANSFORMER_MODEL_NAME: [1]}
+        archive = build_model_archive(packs, tmp_path / "model.tar.gz", inference_script=None)
+        root = tmp_path / "opt-ml-model"
+        with tarfile.open(archive.path) as tar:
+            tar.extractall(root, filter="data")
     config = tmp_path / "models.config"
     config.write_text(
         f"""model_config_list {{
-  config {{ name: "{MODEL_NAME}" base_path: "{two_models / MODEL_NAME}" model_platform: "tensorflow"
+  config {{ name: "{MODEL_NAME}" base_path: "{root / MODEL_NAME}" model_platform: "tensorflow"
     model_version_policy {{ latest {{ num_versions: 1 }} }} }}
-  config {{ name: "{TRANSFORMER_MODEL_NAME}" base_path: "{two_models / TRANSFORMER_MODEL_NAME}"
+  config {{ name: "{TRANSFORMER_MODEL_NAME}" base_path: "{root / TRANSFORMER_MODEL_NAME}"
     model_platform: "tensorflow" model_version_policy {{ specific {{ versions: 1 }} }} }}
 }}
 """
@@ -124,7 +134,8 @@ def test_one_serving_tier_serves_both_models_from_a_models_config_each_with_its_
             else {
                 "sagemaker_endpoint_url": f"http://127.0.0.1:{sagemaker_port}",
                 "sagemaker_region": "us-east-1",
-                "sagemaker_model_version": 1,  # REST answers do not say which version answered
+                # REST answers do not say which version answered: the deploy pins each model's.
+                "sagemaker_model_versions": {MODEL_NAME: 1, TRANSFORMER_MODEL_NAME: 1},
             }
         )
         settings = Settings(

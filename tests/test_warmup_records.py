@@ -75,7 +75,7 @@ def test_the_serving_stand_in_replays_every_record_when_it_loads_the_version(mod
 
 
 def test_the_sagemaker_model_archive_packs_the_warmup_records(model_base_path: Path, tmp_path: Path) -> None:
-    archive = build_model_archive(model_base_path / MODEL_NAME, [1], tmp_path / "model.tar.gz")
+    archive = build_model_archive({model_base_path / MODEL_NAME: [1]}, tmp_path / "model.tar.gz")
 
     with tarfile.open(archive.path) as tar:
         names = set(tar.getnames())
