@@ -26,6 +26,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from bench.serving_tier import free_port
 from gateway.tensors import array_to_proto
+from memefly.paths import DEFAULT_MODEL_NAME
 
 BEAMS = 5
 STATE_SIZE = 256
@@ -36,7 +37,7 @@ CALLS = 1000
 
 def step_request() -> predict_pb2.PredictRequest:
     request = predict_pb2.PredictRequest()
-    request.model_spec.name = "memefly"
+    request.model_spec.name = DEFAULT_MODEL_NAME
     request.model_spec.signature_name = "decode_step"
     inputs = {
         "tokens": np.ones(BEAMS, np.int32),

@@ -32,6 +32,8 @@ def short_name(variant: str, default: str = "") -> str:
 
 def _mode_cell(row: dict[str, Any]) -> str:
     return row["variant"] if "@" in row.get("variant", "") else str(row["mode"])
+
+
 WIRE_TARGET_BYTES = 256 * KIB
 RPC_TARGET = 25
 INFORMATION = "info"

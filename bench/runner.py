@@ -30,6 +30,7 @@ from bench.wire import CallLedger, CountingInProcessBackend, CountingTfServingBa
 from bench.workload import BenchImage, SearchConfig, load_images
 from gateway.backends.base import ModelInfo
 from gateway.templates import TemplateStore, shipped_templates_dir
+from memefly.paths import DEFAULT_MODEL_NAME
 
 if TYPE_CHECKING:
     import numpy as np
@@ -64,7 +65,7 @@ and it saturates the CPUs well before that."""
 class BenchOptions:
     model_base_path: Path
     out_dir: Path
-    model_name: str = "memefly"
+    model_name: str = DEFAULT_MODEL_NAME
     data_dir: Path | None = None
     """Template images and layouts (the data set's format); None: the shipped templates."""
     modes: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7)

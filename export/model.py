@@ -42,13 +42,14 @@ from export.efficientnet_lite import (
     feature_map_model,
     preprocess_batch,
 )
+from memefly.paths import DEFAULT_MODEL_NAME
 
 DECODERS = ("gru", "transformer")
 
 
 @dataclass(frozen=True)
 class CaptionModelConfig:
-    model_name: str = "memefly"
+    model_name: str = DEFAULT_MODEL_NAME
     encoder: str = "efficientnet_lite0"
     """efficientnet_lite0, tiny_cnn (tests), or a keras.applications model whose weights are cached."""
     decoder: str = "gru"

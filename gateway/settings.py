@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     """More models served beside `model_name` (a transformer beside the GRU), each with its own session and
     batches; a request picks one with `model` or the `X-Memefly-Model` header."""
     model_traffic: dict[str, float] = {}
-    """A/B: weights by model name for the requests that name no model, e.g. {"memefly": 90,
+    """A/B: weights by model name for the requests that name no model, e.g. {"memefly-gru": 90,
     "memefly-transformer": 10}; empty: all of them go to `model_name`."""
     tfserving_target: str = "127.0.0.1:8500"
     rpc_timeout_seconds: float = Field(10.0, gt=0)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # TensorFlow, the gateway and the tier are imported by the he
 
 TRANSFORMER_MODEL_NAME = "memefly-transformer"
 """The second model the side-by-side tests serve beside `MODEL_NAME`."""
-MODEL_NAME = "memefly"
+MODEL_NAME = "memefly-gru"
 
 
 def photo_jpeg(name: str = "chelsea") -> bytes:

@@ -142,7 +142,7 @@ def test_platforms_other_than_tensorflow_have_no_platform_config() -> None:
 def test_repository_models_config_names_the_gru_and_the_transformer_under_models() -> None:
     gru, transformer = model_configs(read_model_config_file(REPO_ROOT / "serving" / "models.config"))
 
-    assert gru == ModelConfig("memefly", Path("/models/memefly"), VersionPolicy("latest", 1), {})
+    assert gru == ModelConfig("memefly-gru", Path("/models/memefly-gru"), VersionPolicy("latest", 1), {})
     assert transformer == ModelConfig(
         "memefly-transformer", Path("/models/memefly-transformer"), VersionPolicy("latest", 2), {}
     )
