@@ -15,6 +15,11 @@ BUNDLE ?= model
 TRANSFORMER_BUNDLE ?= model-transformer
 TRANSFORMER_MODEL_NAME ?= memefly-transformer
 MORE_MODELS := $(if $(wildcard $(TRANSFORMER_BUNDLE)/config.json),$(TRANSFORMER_MODEL_NAME))
+# What `make run`, compose and `make deploy` answer a request naming no model with: the transformer when its
+# bundle is here (it meets every evaluation target the GRU meets, and two more: README, "Two models"), else
+# the GRU, which `make model` always builds.
+SERVED_DEFAULT := $(if $(MORE_MODELS),$(TRANSFORMER_MODEL_NAME),$(MODEL_NAME))
+SERVED_OTHERS := $(if $(MORE_MODELS),["$(MODEL_NAME)"],[])
 HOST ?= 127.0.0.1
 PORT ?= 8000
 GRPC_PORT ?= 8500
@@ -91,9 +96,10 @@ train: $(STAMP)
 evaluate: $(STAMP)
 	$(BIN)/memefly evaluate --bundle-dir $(BUNDLE)
 
-# Serves the transformer beside the GRU when its bundle is there; MEMEFLY_MODELS set by you wins.
+# Serves the transformer beside the GRU, and as the default, when its bundle is there; MEMEFLY_MODELS set by
+# you wins (with MODEL_NAME as the default).
 run: model
-	$(if $(MEMEFLY_MODELS),,MEMEFLY_MODELS='[$(if $(MORE_MODELS),"$(MORE_MODELS)")]') \
+	$(if $(MEMEFLY_MODELS),,MEMEFLY_MODEL_NAME=$(SERVED_DEFAULT) MEMEFLY_MODELS='$(SERVED_OTHERS)') \
 		$(BIN)/memefly serve --backend embedded --host $(HOST) --port $(PORT)
 
 # The local stand-in for tensorflow_model_server (see README); with Docker, use docker compose instead.
@@ -133,8 +139,10 @@ lint: $(STAMP)
 
 # AWS (infra/README.md): settings from MEMEFLY_DEPLOY_* or .env; AWS credentials from boto3's usual chain.
 # Both refuse a model version that has not passed `make serving-check` for SAGEMAKER_TFS_VERSION. One endpoint
-# serves the transformer beside the GRU when its bundle is there; MEMEFLY_DEPLOY_MORE_MODELS set by you wins.
-DEPLOY_MODELS = $(if $(MEMEFLY_DEPLOY_MORE_MODELS),,MEMEFLY_DEPLOY_MORE_MODELS='[$(if $(MORE_MODELS),"$(MORE_MODELS)")]')
+# serves the transformer beside the GRU, as the default, when its bundle is there; MEMEFLY_DEPLOY_MORE_MODELS
+# set by you wins.
+DEPLOY_MODELS = $(if $(MEMEFLY_DEPLOY_MORE_MODELS),,MEMEFLY_DEPLOY_MODEL_NAME=$(SERVED_DEFAULT) \
+	MEMEFLY_DEPLOY_MORE_MODELS='$(SERVED_OTHERS)')
 
 deploy-plan: $(STAMP)
 	$(DEPLOY_MODELS) $(BIN)/python -m infra plan

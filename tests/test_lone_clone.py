@@ -95,6 +95,14 @@ def test_make_run_answers_a_photo_meme(gateway: str) -> None:
     assert response.headers["x-memefly-caption"]
 
 
+def test_make_run_serves_the_transformer_as_default_beside_the_gru(gateway: str) -> None:
+    listed = httpx.get(f"{gateway}/v1/models", timeout=30).json()
+    assert [(m["name"], m["decoder"], m["default"]) for m in listed] == [
+        ("memefly-transformer", "transformer", True),
+        ("memefly-gru", "gru", False),
+    ]
+
+
 def test_make_run_answers_a_template_meme(gateway: str) -> None:
     response = httpx.post(f"{gateway}/v1/templates/drake/memes", json={}, timeout=60)  # the model's caption
     assert response.status_code == 200, response.text

@@ -93,8 +93,8 @@ def test_compose_runs_tf_serving_and_the_gateway_on_its_grpc_port() -> None:
     assert GATEWAY["environment"] == {
         "MEMEFLY_BACKEND": "tfserving",
         "MEMEFLY_TFSERVING_TARGET": f"tfserving:{served['port']}",
-        "MEMEFLY_MODEL_NAME": DEFAULT_MODEL_NAME,
-        "MEMEFLY_MODELS": f'["{TRANSFORMER_MODEL_NAME}"]',
+        "MEMEFLY_MODEL_NAME": TRANSFORMER_MODEL_NAME,
+        "MEMEFLY_MODELS": f'["{DEFAULT_MODEL_NAME}"]',
     }
     assert GATEWAY["ports"] == ["8000:8000"] and GATEWAY["depends_on"] == ["tfserving"]
 
