@@ -15,6 +15,7 @@ serving tier run in-process, whose per-signature call counts show what each meme
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import time
 from collections import Counter
@@ -203,7 +204,8 @@ def test_a_pinned_version_the_endpoint_does_not_serve_is_unavailable(endpoint_ur
     model_backend = backend(endpoint_url, model_version=7)
     try:
         with pytest.raises(
-            ModelUnavailableError, match=r"HTTP 404: Servable not found for request: Specific\(memefly, 7\)"
+            ModelUnavailableError,
+            match=re.escape(f"HTTP 404: Servable not found for request: Specific({MODEL_NAME}, 7)"),
         ):
             model_backend.load_metadata()
     finally:

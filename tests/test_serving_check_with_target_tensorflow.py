@@ -59,7 +59,9 @@ def test_the_tiny_model_passes_for_every_target_and_deploy_plan_accepts_it(
         assert set(record["targets"]) == {t.name for t in serving_targets() if t.tensorflow == release}
     assert serving_check([*args, "--verify", "compose"]) == 0
     with moto_on_loopback():
-        result = CliRunner().invoke(app, ["plan"], env=deploy_environment(model_base_path, serving_checks_dir=checks))
+        result = CliRunner().invoke(
+            app, ["plan"], env=deploy_environment(model_base_path, serving_checks_dir=checks, model_name=MODEL_NAME)
+        )
     assert result.exit_code == 0, result.output
     assert f"passed the serving check with TensorFlow {serving_target(SAGEMAKER).tensorflow}" in result.output
 
