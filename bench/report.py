@@ -24,14 +24,23 @@ SHORT_NAMES = {
 """By variant: a mode's number, or mode 1's REST variant."""
 
 
+MODEL_VARIANT = "@"
+"""Mode 4 on another model: variant `4@<model name>`."""
+
+
+def variant_model(variant: str) -> str | None:
+    """The model a `4@<model>` variant runs on; None for every other variant."""
+    return variant.partition(MODEL_VARIANT)[2] or None
+
+
 def short_name(variant: str, default: str = "") -> str:
     """A variant's name in the plot: mode 4 on another model (`4@<model>`) is named after that model."""
-    number, _, model = variant.partition("@")
+    number, _, model = variant.partition(MODEL_VARIANT)
     return f"{SHORT_NAMES.get(number, default)}, {model}" if model else SHORT_NAMES.get(variant, default)
 
 
 def _mode_cell(row: dict[str, Any]) -> str:
-    return row["variant"] if "@" in row.get("variant", "") else str(row["mode"])
+    return row["variant"] if variant_model(row.get("variant", "")) else str(row["mode"])
 
 
 WIRE_TARGET_BYTES = 256 * KIB

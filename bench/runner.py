@@ -126,10 +126,6 @@ def _seed_serving(
             yield f"http://127.0.0.1:{rest_port}", pid, image_pixels_function(cut)
 
 
-MODEL_VARIANT = "@"
-"""Mode 4 on another model: variant `4@<model name>`."""
-
-
 def _variants(modes: tuple[int, ...], more_models: tuple[str, ...] = ()) -> list[tuple[int, str]]:
     """(mode, variant) in run order: every mode is one variant, named by its number, except mode 1, which
     also runs over REST JSON, and mode 4, which also runs on each of `more_models`."""
@@ -139,15 +135,16 @@ def _variants(modes: tuple[int, ...], more_models: tuple[str, ...] = ()) -> list
         if number == 1:
             variants.append((1, REST_VARIANT))
         if number == 4:
-            variants.extend((4, f"4{MODEL_VARIANT}{name}") for name in more_models)
+            variants.extend((4, f"4{report.MODEL_VARIANT}{name}") for name in more_models)
     return variants
 
 
 def _title_and_transport(number: int, variant: str) -> tuple[str, str]:
     if variant == REST_VARIANT:
         return REST_TITLE, REST_TRANSPORT
-    if MODEL_VARIANT in variant:
-        return f"{TITLES[number]}, model {variant.split(MODEL_VARIANT, 1)[1]}", TRANSPORTS[number]
+    model = report.variant_model(variant)
+    if model:
+        return f"{TITLES[number]}, model {model}", TRANSPORTS[number]
     return TITLES[number], TRANSPORTS[number]
 
 
@@ -262,8 +259,8 @@ def run(options: BenchOptions) -> dict[str, Any]:
                                 mode, images, concurrency, options.memes_for(concurrency), server_pid, options.out_dir
                             )
                     kept[variant] = mode
-                elif number == 4 and MODEL_VARIANT in variant:
-                    other = EmbeddedBackend(options.model_base_path, variant.split(MODEL_VARIANT, 1)[1])
+                elif number == 4 and report.variant_model(variant):
+                    other = EmbeddedBackend(options.model_base_path, report.variant_model(variant))
                     ledger = CallLedger()
                     mode = StepLoopMode(
                         4, TITLES[4], "in-process", CountingInProcessBackend(other, ledger), ledger, config

@@ -67,20 +67,28 @@ def load_bundle(bundle_dir: Path) -> CaptionModule:
     if not (bundle_dir / CONFIG).is_file():
         raise FileNotFoundError(f"no model bundle at {bundle_dir} ({CONFIG} missing); train one with `make train`")
     model_config = CaptionModelConfig.from_file(bundle_dir / CONFIG)
-    vocabulary_file = bundle_dir / VOCABULARY
-    vocabulary = [line for line in vocabulary_file.read_text(encoding="utf-8").splitlines() if line]
+    vocabulary = read_vocabulary(bundle_dir)
     vocab_size = len(vocabulary)
     conditioning = ConditioningData.load(bundle_dir / CONDITIONING) if (bundle_dir / CONDITIONING).is_file() else None
     encoder = build_encoder(model_config)
     num_styles = len(conditioning.styles) if conditioning else 0
     decoder = build_decoder(model_config, vocab_size, encoder.context_shape, num_styles)
-    with np.load(bundle_dir / WEIGHTS) as stored:
-        arrays = [stored[key] for key in sorted(stored.files)]
+    arrays = read_weights(bundle_dir)
     if [a.shape for a in arrays] != [tuple(w.shape) for w in decoder.weights]:
         raise ValueError(f"{bundle_dir / WEIGHTS} does not fit the decoder described by {CONFIG}")
-    decoder.set_weights([a.astype(np.float32) for a in arrays])
-    tokenizer = Tokenizer(str(vocabulary_file), max_length=model_config.max_length - 1)
+    decoder.set_weights(arrays)
+    tokenizer = Tokenizer(str(bundle_dir / VOCABULARY), max_length=model_config.max_length - 1)
     return caption_module(model_config, encoder, decoder, tokenizer, vocabulary, conditioning)
+
+
+def read_vocabulary(bundle_dir: Path) -> list[str]:
+    return [line for line in (bundle_dir / VOCABULARY).read_text(encoding="utf-8").splitlines() if line]
+
+
+def read_weights(bundle_dir: Path) -> list[np.ndarray]:
+    """The decoder's weights in its own order, as float32."""
+    with np.load(bundle_dir / WEIGHTS) as stored:
+        return [stored[key].astype(np.float32) for key in sorted(stored.files)]
 
 
 def load_train_config(bundle_dir: Path) -> TrainConfig:
@@ -91,12 +99,10 @@ def load_train_config(bundle_dir: Path) -> TrainConfig:
 def warm_start_from(bundle_dir: Path) -> WarmStart:
     """A bundle's weights and record, to train on from the epoch it ended at."""
     record = json.loads((bundle_dir / TRAINING).read_text())
-    with np.load(bundle_dir / WEIGHTS) as stored:
-        weights = [stored[key].astype(np.float32) for key in sorted(stored.files)]
-    vocabulary = [line for line in (bundle_dir / VOCABULARY).read_text(encoding="utf-8").splitlines() if line]
     history = json.loads((bundle_dir / HISTORY).read_text())
     # Bundles written before `epochs_trained` was recorded ran their config's epochs to the end.
-    return WarmStart(weights, vocabulary, history, int(record.get("epochs_trained", record["epochs"])))
+    epochs_trained = int(record.get("epochs_trained", record["epochs"]))
+    return WarmStart(read_weights(bundle_dir), read_vocabulary(bundle_dir), history, epochs_trained)
 
 
 def assemble(bundle_dir: Path, model_base_path: Path, version: int | None = None) -> Path:

@@ -8,6 +8,7 @@ the same names without it, the export maps the dtype names to `tf.DType`s.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 ENCODE = "encode"
@@ -141,9 +142,7 @@ def explain_signature(context_shape: tuple[int, ...], grid: tuple[int, ...]) -> 
     image's grid positions (rows of `grid`, row-major), averaged over heads, for each of the caption's
     `words` (its tokens as the model reads them; the one after the last, at `num_words`, is `<end>`).
     Models whose decoder attends over a grid export it; only a request that asks for it calls it."""
-    positions = 1
-    for side in grid:
-        positions *= side
+    positions = math.prod(grid)
     return SignatureSpec(
         EXPLAIN,
         inputs=(TensorSpec("context", "float32", (None, *context_shape)), TensorSpec("text", "string", (None,))),
